@@ -254,7 +254,8 @@ def _to_device(array: np.ndarray, device: torch.device, non_blocking: bool) -> t
     return tensor.to(device, non_blocking=non_blocking)
 
 
-def _pool(hidden: torch.Tensor, pooling_mask: torch.Tensor, attention: torch.Tensor, mode: str) -> torch.Tensor:
+def _pool(hidden: torch.Tensor, pooling_mask: torch.Tensor, attention: torch.Tensor,
+          mode: str) -> torch.Tensor:
     """Pool token states (float32) over ``pooling_mask`` as sentence-transformers / 1.0.1 do."""
     if mode == "cls":
         return hidden[:, 0]

@@ -32,7 +32,7 @@ class ParsedRequest:
 
 
 def parse_request(body: Any, settings: Settings) -> ParsedRequest:
-    """Validate a request body (parsed JSON, or raw bytes/str to parse); raise InvalidInput/PayloadTooLarge."""
+    """Validate a body (parsed JSON, or raw bytes/str to parse); raise InvalidInput or PayloadTooLarge."""
     if isinstance(body, (bytes, bytearray, memoryview, str)):
         body = _decode_json(body)
     if not isinstance(body, dict):

@@ -133,7 +133,7 @@ def _coerce(field: dataclasses.Field, value: Any) -> Any:
     if name == "max_seq_length" and (value is None or str(value).strip().lower() in ("", "none", "null")):
         return None
     if isinstance(default, int) or name == "max_seq_length":
-        if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise SettingsError(f"setting '{name}' must be an integer; got {value!r}")
         try:
             return int(value)

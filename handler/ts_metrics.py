@@ -3,7 +3,8 @@
 Every name here is declared under ``model_metrics`` in config/metrics.yaml (same names, units and
 dimensions); TorchServe only exports declared metrics when model_metrics_auto_detect is off.
 Counters are monotonic, so per-batch figures are ratios in PromQL, e.g. items per batch =
-rate(InstructorItems) / rate(InstructorBatches), padding = 1 - rate(InstructorTokens) / rate(InstructorPaddedTokens).
+rate(InstructorItems) / rate(InstructorBatches), and the padding share =
+1 - rate(InstructorTokens) / rate(InstructorPaddedTokens).
 """
 
 from __future__ import annotations
