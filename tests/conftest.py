@@ -32,7 +32,7 @@ def make_ts_context(model_root: Path, n_requests: int, yaml_config: dict | None 
                     gpu_id: int | None = None, model_name: str = "instructor"):
     """A real ts.context.Context as the worker builds it, with per-request processors and ids."""
     import ts
-    from ts.context import Context, RequestProcessor
+    from ts.context import Context
     from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
     metrics = MetricsCacheYamlImpl(str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
