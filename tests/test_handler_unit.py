@@ -3,6 +3,7 @@ batch splitting, device selection. The server path is covered by the end-to-end 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from handler import torchserve_handler
 from handler.encoder import InstructorEncoder
 from handler.torchserve_handler import InstructorHandler, select_device
 from tests.conftest import make_ts_context, set_batch
+from tests.hostile_corpus import GOOD_PAIR, cases
 
 SCIENCE = ["Represent the Science title:", "3D ActionSLAM: wearable person tracking in multi-floor environments"]
 
@@ -168,3 +170,48 @@ def test_initialize_loads_the_model_on_the_assigned_gpu(tmp_path, monkeypatch):
     context = make_ts_context(tmp_path, 1, {"handler": {"warmup": False, "precision": "bf16"}}, gpu_id=3)
     InstructorHandler().initialize(context)
     assert seen == {"model_dir": tmp_path / "model", "device": "cuda:3", "precision": "bfloat16"}
+
+
+def as_torchserve_delivers(body: bytes, content_type: str):
+    """What the Python worker hands the handler for a body (ts/protocol/otf_message_handler.py)."""
+    if content_type == "application/json":
+        try:
+            return json.loads(body.decode("utf-8"))
+        except Exception:
+            return bytearray(body)
+    if content_type.startswith("text"):
+        try:
+            return body.decode("utf-8")
+        except Exception:
+            return bytearray(body)
+    return bytearray(body)
+
+
+@pytest.fixture(scope="module")
+def default_served(tmp_path_factory, demo_model_dir: Path):
+    root = tmp_path_factory.mktemp("mar-defaults")
+    (root / "model").symlink_to(demo_model_dir, target_is_directory=True)
+    context = make_ts_context(root, 1, {"handler": {"warmup": False}})
+    handler = InstructorHandler()
+    handler.initialize(context)
+    return handler, context
+
+
+def test_hostile_corpus_gets_its_status_alone_and_mixed_with_good_requests(default_served):
+    handler, _ = default_served
+    corpus = [case for case in cases(max_seq_tokens=handler.encoder.max_seq_length)
+              if "form" not in case.content_type]  # the frontend splits form bodies; covered end to end
+    good = {"inputs": GOOD_PAIR}
+    expected_good = reference(default_served, [GOOD_PAIR])[0]
+    for case in corpus:
+        body = as_torchserve_delivers(case.body, case.content_type)
+        [(status, answer)] = run(default_served, [body])
+        assert status == case.expect, (case.name, answer)
+        if status >= 400:
+            assert answer["code"] == status and answer["message"], case.name
+    bodies = [good] + [as_torchserve_delivers(c.body, c.content_type) for c in corpus] + [good]
+    results = run(default_served, bodies)
+    assert [status for status, _ in results[1:-1]] == [case.expect for case in corpus]
+    for status, answer in (results[0], results[-1]):
+        assert status == 200
+        np.testing.assert_allclose(answer, expected_good, atol=1e-6)
