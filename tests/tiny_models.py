@@ -83,8 +83,16 @@ _DOMAIN = (  # noqa: SIM905
     "Represent Science title Wikipedia question retrieving supporting documents document sentence retrieval"
     " Medicine statement Financial review query passage classification clustering Amazon customer product"
     " biomedical paper abstract summary tweet news article topic legal contract code function tracking"
-    " wearable person environments learning neural network language model embedding"
+    " wearable person environments learning neural network language model embedding reads long science"
+    " history reader asks questions works well across topics such medicine finance law biology physics music"
+    " art sport travel food weather computing capital France interest rate energy loss matter data machine"
+    " university entrance exam line column first second third fourth before after sentinel unknown ok short"
+    " text huge following instruction today launch record group unit file next empty zero width joiner"
+    " breaking narrow thin space plant stored where food bought broke days son raised benchmark Federal"
+    " Reserve Wednesday dominant Western end feudalism term mixed economies precisely describes private"
+    " owned enterprises contemporary degree freedom gravity dynamical scalar"
 ).split()
+_SUFFIXES = ("s", "s", "ing", "ed", "er", "ly", "tion", "al")
 _ACCENTED = (  # noqa: SIM905
     "café naïve résumé Zürich São Paulo façade crème brûlée Ångström señor über Dvořák Łódź Ærø smörgåsbord"
     " jalapeño Citroën déjà vu Kraków Reykjavík İstanbul"
@@ -102,12 +110,21 @@ def training_corpus(seed: int = CORPUS_SEED, n_lines: int = CORPUS_LINES) -> lis
     """Generated 'multilingual-ish' lines; random.Random is stable across CPython 3 versions."""
     rng = random.Random(seed)
 
+    lexicon = _ENGLISH + _DOMAIN
+    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
     def word() -> str:
         r = rng.random()
-        if r < 0.6:
-            w = rng.choice(_ENGLISH + _DOMAIN)
-        elif r < 0.72:  # pseudo-words give the unigram trainer enough sub-word material for the vocab size
+        if r < 0.66:
+            w = rng.choice(lexicon)
+            if (
+                rng.random() < 0.2
+            ):  # inflections make the trainer keep sub-word pieces, as real vocabularies do
+                w += rng.choice(_SUFFIXES)
+        elif r < 0.7:  # pseudo-words: more sub-word material
             w = "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 4)))
+        elif r < 0.72:  # every ASCII letter in the vocabulary, so unknown English words spell out, not <unk>
+            w = "".join(rng.choice(letters) for _ in range(rng.randint(1, 4)))
         elif r < 0.8:
             w = rng.choice(_ACCENTED)
         elif r < 0.87:
