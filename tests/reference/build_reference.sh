@@ -53,6 +53,8 @@ start=$SECONDS
 # --- 1. the reference environment ------------------------------------------------------------------
 # The three pip steps are the ones of the notes, verbatim: ST 2.2.2's declared dependencies would pull
 # torchvision and an unpinned transformers, so it goes in with --no-deps and its imports follow.
+# pip then prints "ERROR: ... sentence-transformers 2.2.2 requires torchvision": expected and harmless
+# (INSTRUCTOR never imports it).
 pins=(
   "torch==2.13.0"
   "--no-deps InstructorEmbedding==1.0.1 sentence-transformers==2.2.2"
