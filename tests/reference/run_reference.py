@@ -35,6 +35,9 @@ from tiny_models import SHORT_MAX_SEQ_LENGTH, SHORT_NAME, sha256_files  # noqa: 
 SIGNIFICANT_DIGITS = 8
 STACK_PACKAGES = ("InstructorEmbedding", "sentence-transformers", "transformers", "tokenizers", "torch",
                   "huggingface_hub", "numpy")  # fmt: skip
+# The model files' bytes depend on these (spiece.model on the trainer, weights on torch/safetensors):
+# where CI's sha256 check fails, compare its versions with the ones recorded here.
+MODEL_BUILD_PACKAGES = ("sentencepiece", "torch", "safetensors")
 
 
 def _round(values: Any) -> list[float]:
@@ -103,9 +106,9 @@ def run_model(model: Any) -> dict[str, Any]:
     }
 
 
-def _versions() -> dict[str, str]:
+def _versions(packages: tuple[str, ...]) -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for name in STACK_PACKAGES:
+    for name in packages:
         out[name] = importlib.metadata.version(name)
     return out
 
@@ -149,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "about": "Vectors of InstructorEmbedding 1.0.1 INSTRUCTOR.encode for the tiny test models "
         "(tests/tiny_models.py) on tests/reference/cases.py. Made by tests/reference/build_reference.sh.",
-        "reference_stack": _versions(),
+        "reference_stack": _versions(STACK_PACKAGES),
+        "model_build_stack": _versions(MODEL_BUILD_PACKAGES),
         "rounding": f"vectors rounded to {SIGNIFICANT_DIGITS} significant digits",
         "token_counts": "include </s>; *_used: after truncation at max_seq_length; k: positions pooled out",
         "cases": {
