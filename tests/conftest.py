@@ -50,3 +50,28 @@ def set_batch(context, n_requests: int) -> None:
     context.request_processor = [RequestProcessor({}) for _ in range(n_requests)]
     context.request_ids = {i: f"req-{i}" for i in range(n_requests)}
     context.metrics.set_request_ids(context.request_ids)
+
+
+@pytest.fixture(scope="session")
+def reference_fixture() -> dict:
+    import json
+
+    with open(REPO / "tests" / "reference" / "fixture.json", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, reference_fixture) -> dict[str, Path]:
+    """The tiny INSTRUCTOR-layout models, rebuilt offline; byte-identical to the ones 1.0.1 embedded."""
+    from tests.tiny_models import build_tiny_models, sha256_files
+
+    models = build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+    for name, directory in models.items():
+        expected = reference_fixture["models"][name]["files_sha256"]
+        actual = sha256_files(directory)
+        drifted = sorted(path for path in expected if actual.get(path) != expected[path])
+        assert not drifted, (
+            f"{name}: {drifted} differ from the files 1.0.1 embedded; compare the build stack "
+            f"{reference_fixture['model_build_stack']} with this environment (tests/reference/README.md)"
+        )
+    return models
