@@ -22,7 +22,7 @@ class Case:
     @property
     def frontend_only(self) -> bool:
         """Cases the Java frontend answers itself (never reach the handler)."""
-        return self.expect == 413 and len(self.body) > 6_000_000
+        return self.expect == 413 and len(self.body) > 8_388_608  # config.properties max_request_size
 
 
 def _json(value: object) -> bytes:
@@ -67,7 +67,7 @@ def cases(max_pairs: int = 256, max_chars: int = 20000, max_seq_tokens: int = 51
         Case("too-many-sentences", _json({"instruction": "", "sentences": ["s"] * (max_pairs + 1)}), expect=413),
         Case("giant-sentence", _json({"inputs": ["", "x" * (max_chars + 1)]}), expect=413),
         Case("giant-instruction", _json({"inputs": ["i" * (max_chars + 1), "x"]}), expect=413),
-        Case("over-request-size", _json({"inputs": [["", "y" * 19_000]] * 400}), expect=413),
+        Case("over-request-size", _json({"inputs": [["", "y" * 19_000]] * 470}), expect=413),
         Case("untruncatable", _json({"inputs": ["", "word " * (max_seq_tokens + 10)], "truncate": False}),
              expect=422),
         Case("invalid-utf8", b'{"inputs": ["a", "\xff\xfe\xfd"]}'),
