@@ -1,0 +1,146 @@
+"""Parse and validate one request body into pairs; every rejection names the offending field.
+
+Accepted bodies (JSON objects):
+  {"inputs": [INSTRUCTION, SENTENCE]}                      -> one flat vector
+  {"inputs": [[INSTRUCTION, SENTENCE], ...]}               -> a list of vectors, in order
+  {"instruction": INSTRUCTION, "sentences": [S1, S2, ...]} -> a list of vectors (compact form)
+Optional: "truncate": true|false (default true; false -> 422 for a pair over max_seq_length).
+An empty instruction ("") embeds the sentence as plain text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import orjson
+
+from handler.errors import InvalidInput, PayloadTooLarge
+from handler.settings import Settings
+
+Pair = tuple[str, str]
+_ALLOWED_KEYS = ("inputs", "instruction", "sentences", "truncate")
+_FORMS = ('{"inputs": [instruction, sentence]}, {"inputs": [[instruction, sentence], ...]} '
+          'or {"instruction": ..., "sentences": [...]}')
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedRequest:
+    pairs: list[Pair]
+    single: bool  # the flat {"inputs": [instruction, sentence]} form: answer with one flat vector
+    truncate: bool
+
+
+def parse_request(body: Any, settings: Settings) -> ParsedRequest:
+    """Validate a body (parsed JSON, or raw bytes/str to parse); raise InvalidInput or PayloadTooLarge."""
+    if isinstance(body, (bytes, bytearray, memoryview, str)):
+        body = _decode_json(body)
+    if not isinstance(body, dict):
+        raise InvalidInput(f"the request body must be a JSON object like {_FORMS}; got {_json_type(body)}")
+    unknown = [key for key in body if key not in _ALLOWED_KEYS]
+    if unknown:
+        raise InvalidInput(f"unknown field {unknown[0]!r}; allowed fields: {', '.join(_ALLOWED_KEYS)}")
+
+    truncate = body.get("truncate", True)
+    if not isinstance(truncate, bool):
+        raise InvalidInput(f"'truncate' must be true or false; got {_json_type(truncate)}")
+
+    if "inputs" in body:
+        if "instruction" in body or "sentences" in body:
+            raise InvalidInput("use either 'inputs' or 'instruction' + 'sentences', not both")
+        pairs = _parse_inputs(body["inputs"], settings)
+        single = isinstance(body["inputs"][0], str)
+    elif "sentences" in body or "instruction" in body:
+        pairs = _parse_compact(body, settings)
+        single = False
+    else:
+        raise InvalidInput(f"missing field 'inputs'; expected {_FORMS}")
+    return ParsedRequest(pairs=pairs, single=single, truncate=truncate)
+
+
+def _parse_inputs(inputs: Any, settings: Settings) -> list[Pair]:
+    if not isinstance(inputs, list):
+        raise InvalidInput(f"'inputs' must be a list; got {_json_type(inputs)}")
+    if not inputs:
+        raise InvalidInput("'inputs' is empty; send [instruction, sentence] or a list of such pairs")
+    if all(isinstance(item, str) for item in inputs):
+        if len(inputs) != 2:
+            raise InvalidInput(
+                f"'inputs' must be [instruction, sentence] (2 strings) or a list of pairs; "
+                f"got a list of {len(inputs)} string(s)"
+            )
+        return [_checked_pair(inputs, "inputs", settings)]
+    if isinstance(inputs[0], str):
+        bad = next(i for i, item in enumerate(inputs) if not isinstance(item, str))
+        raise InvalidInput(f"inputs[{bad}] must be a string like inputs[0]; got {_json_type(inputs[bad])}")
+    _check_count(len(inputs), "inputs", settings)
+    pairs = []
+    for index, item in enumerate(inputs):
+        field = f"inputs[{index}]"
+        if not isinstance(item, list):
+            raise InvalidInput(f"{field} must be [instruction, sentence]; got {_json_type(item)}")
+        if len(item) != 2:
+            raise InvalidInput(f"{field} must be [instruction, sentence]; got a list of {len(item)}")
+        pairs.append(_checked_pair(item, field, settings))
+    return pairs
+
+
+def _parse_compact(body: dict[str, Any], settings: Settings) -> list[Pair]:
+    if "instruction" not in body:
+        raise InvalidInput("missing field 'instruction' (use \"\" for plain sentences)")
+    if "sentences" not in body:
+        raise InvalidInput("missing field 'sentences' (a list of strings)")
+    instruction = _checked_string(body["instruction"], "instruction", settings)
+    sentences = body["sentences"]
+    if not isinstance(sentences, list):
+        raise InvalidInput(f"'sentences' must be a list of strings; got {_json_type(sentences)}")
+    if not sentences:
+        raise InvalidInput("'sentences' is empty")
+    _check_count(len(sentences), "sentences", settings)
+    return [(instruction, _checked_string(s, f"sentences[{i}]", settings)) for i, s in enumerate(sentences)]
+
+
+def _checked_pair(item: list[Any], field: str, settings: Settings) -> Pair:
+    return (_checked_string(item[0], f"{field}[0] (instruction)", settings),
+            _checked_string(item[1], f"{field}[1] (sentence)", settings))
+
+
+def _checked_string(value: Any, field: str, settings: Settings) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be a string; got {_json_type(value)}")
+    if len(value) > settings.max_chars_per_text:
+        raise PayloadTooLarge(
+            f"{field} has {len(value)} characters; the limit is {settings.max_chars_per_text} "
+            "(setting max_chars_per_text)"
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # Python's json accepts "\ud800"; the tokenizer cannot take a lone surrogate.
+        raise InvalidInput(f"{field} is not valid Unicode (it contains a lone surrogate)") from None
+    return value
+
+
+def _check_count(count: int, field: str, settings: Settings) -> None:
+    if count > settings.max_pairs_per_request:
+        raise PayloadTooLarge(
+            f"'{field}' has {count} items; the limit is {settings.max_pairs_per_request} per request "
+            "(setting max_pairs_per_request): split the request"
+        )
+
+
+def _decode_json(raw: bytes | bytearray | memoryview | str) -> Any:
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", errors="surrogatepass")
+    if not raw or not bytes(raw).strip():
+        raise InvalidInput(f"the request body is empty; send JSON like {_FORMS}")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"the request body is not valid JSON ({exc})") from None
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)

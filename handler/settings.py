@@ -1,0 +1,146 @@
+"""One frozen settings object for the encoder core and the serving adapter.
+
+Sources, lowest to highest precedence: the defaults below, the ``handler:`` section of
+model-config.yaml (a mapping), then environment variables ``INSTRUCTOR_<FIELD>`` (upper case).
+Environment variables are read here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+from collections.abc import Mapping
+from typing import Any
+
+
+class Precision(str, enum.Enum):
+    """Numeric precision of the encoder weights and activations."""
+
+    AUTO = "auto"  # bfloat16 on CUDA, float32 on CPU
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    INT8 = "int8"  # CPU only: dynamic int8 quantization of the Linear layers (opt-in, not exact)
+
+
+class InstructionMode(str, enum.Enum):
+    """How the instruction of a pair is used."""
+
+    AUTO = "auto"  # INSTRUCTOR for the hkunlp layout (T5 encoder + Dense), PROMPT otherwise
+    INSTRUCTOR = "instructor"  # InstructorEmbedding 1.0.1: instruction attended to, excluded from pooling
+    PROMPT = "prompt"  # sentence-transformers prompt: prefix pooled like any other token
+
+
+class SettingsError(ValueError):
+    """A setting has a wrong type or value; the message names the setting."""
+
+
+# Precision names people try that we refuse with a reason instead of "unknown value".
+_REFUSED_PRECISIONS = {
+    "float16": "float16 overflows in T5 feed-forward layers (inf/NaN embeddings); use bfloat16",
+    "fp16": "float16 overflows in T5 feed-forward layers (inf/NaN embeddings); use bfloat16",
+    "half": "float16 overflows in T5 feed-forward layers (inf/NaN embeddings); use bfloat16",
+}
+_PRECISION_ALIASES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything that can be configured; see README "Configuration" for the table."""
+
+    precision: Precision = Precision.AUTO
+    # None: the model's sentence_bert_config.json value (512 for hkunlp models).
+    max_seq_length: int | None = None
+    instruction_mode: InstructionMode = InstructionMode.AUTO
+    # Micro-batches inside one encode call: rows x padded length <= max_batch_tokens, rows <= max_batch_rows.
+    max_batch_tokens: int = 16384
+    max_batch_rows: int = 128
+    # Request limits: tokenizing huge inputs is a denial-of-service lever, so refuse them early (413).
+    max_pairs_per_request: int = 256
+    max_chars_per_text: int = 20000
+    # Run a few encodes at initialize so the first request does not pay for lazy init / autotuning.
+    warmup: bool = True
+    # Where the model files live inside the TorchServe model directory.
+    model_subdir: str = "model"
+
+    def __post_init__(self) -> None:
+        positive = ("max_batch_tokens", "max_batch_rows", "max_pairs_per_request", "max_chars_per_text")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"setting '{name}' must be >= 1, got {getattr(self, name)}")
+        if self.max_seq_length is not None and self.max_seq_length < 2:
+            raise SettingsError(f"setting 'max_seq_length' must be >= 2, got {self.max_seq_length}")
+        if self.max_seq_length is not None and self.max_seq_length > self.max_batch_tokens:
+            raise SettingsError(
+                f"setting 'max_batch_tokens' ({self.max_batch_tokens}) must be >= max_seq_length "
+                f"({self.max_seq_length}): one full-length item must fit in a micro-batch"
+            )
+
+    @classmethod
+    def from_sources(
+        cls, section: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Build settings from a model-config.yaml ``handler:`` mapping and ``INSTRUCTOR_*`` env vars."""
+        raw: dict[str, Any] = {}
+        if section is not None:
+            if not isinstance(section, Mapping):
+                raise SettingsError(f"the 'handler' section must be a mapping, got {type(section).__name__}")
+            raw.update(section)
+        env = os.environ if environ is None else environ
+        for field in dataclasses.fields(cls):
+            value = env.get(f"INSTRUCTOR_{field.name.upper()}")
+            if value is not None and value != "":
+                raw[field.name] = value
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise SettingsError(f"unknown setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**{name: _coerce(known[name], value) for name, value in raw.items()})
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values, for logging and for writing model-config.yaml."""
+        return {
+            f.name: (v.value if isinstance(v, enum.Enum) else v)
+            for f, v in ((f, getattr(self, f.name)) for f in dataclasses.fields(self))
+        }
+
+
+def _coerce(field: dataclasses.Field, value: Any) -> Any:
+    """Turn a yaml or env value into the field's type, or raise SettingsError naming the field."""
+    name = field.name
+    default = field.default
+    if isinstance(default, enum.Enum):
+        enum_type = type(default)
+        text = str(value).strip().lower()
+        if enum_type is Precision:
+            if text in _REFUSED_PRECISIONS:
+                raise SettingsError(f"setting 'precision': {text} is refused: {_REFUSED_PRECISIONS[text]}")
+            text = _PRECISION_ALIASES.get(text, text)
+        try:
+            return enum_type(text)
+        except ValueError:
+            choices = ", ".join(m.value for m in enum_type)
+            raise SettingsError(f"setting '{name}' must be one of {choices}; got {value!r}") from None
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"setting '{name}' must be true or false; got {value!r}")
+    if name == "max_seq_length" and (value is None or str(value).strip().lower() in ("", "none", "null")):
+        return None
+    if isinstance(default, int) or name == "max_seq_length":
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise SettingsError(f"setting '{name}' must be an integer; got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"setting '{name}' must be an integer; got {value!r}") from None
+    if isinstance(default, str):
+        if not isinstance(value, str) or not value:
+            raise SettingsError(f"setting '{name}' must be a non-empty string; got {value!r}")
+        return value
+    raise SettingsError(f"setting '{name}' has an unsupported value {value!r}")  # pragma: no cover

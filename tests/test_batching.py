@@ -1,0 +1,48 @@
+"""The micro-batch planner: a partition of the items, within the limits, with little padding."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from handler.batching import plan_micro_batches
+
+
+def padded_cost(lengths, batches, overhead=0):
+    return sum(overhead + len(b) * max(lengths[i] for i in b) for b in batches)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_every_item_lands_in_exactly_one_batch_within_limits(seed):
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 512) for _ in range(rng.randint(1, 400))]
+    batches = plan_micro_batches(lengths, max_tokens=4096, max_rows=32, overhead_tokens=64)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 32
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 4096
+
+
+def test_sorting_removes_most_padding_of_random_lengths():
+    rng = random.Random(7)
+    lengths = [rng.randint(16, 190) for _ in range(256)]
+    batches = plan_micro_batches(lengths, max_tokens=16384, max_rows=128, overhead_tokens=0)
+    arrival_order = [list(range(i, i + 64)) for i in range(0, 256, 64)]
+    assert padded_cost(lengths, batches) < 1.05 * sum(lengths)
+    assert padded_cost(lengths, arrival_order) > 1.3 * sum(lengths)
+
+
+def test_a_per_batch_overhead_trades_padding_for_fewer_batches():
+    lengths = [100, 90, 80, 70, 60, 50, 40, 30]
+    cheap = plan_micro_batches(lengths, 10_000, 128, overhead_tokens=0)
+    costly = plan_micro_batches(lengths, 10_000, 128, overhead_tokens=10_000)
+    assert len(cheap) == len(lengths) and len(costly) == 1
+
+
+def test_an_item_over_the_budget_gets_its_own_batch():
+    assert plan_micro_batches([600, 5, 5], max_tokens=512, max_rows=8) == [[0], [1, 2]]
+
+
+def test_empty_input_gives_no_batches():
+    assert plan_micro_batches([], 512, 8) == []
