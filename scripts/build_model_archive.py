@@ -16,7 +16,10 @@ Archive layout (the same for .mar and no-archive)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import enum
 import fnmatch
+import importlib
 import importlib.util
 import json
 import os
@@ -74,18 +77,6 @@ WEIGHT_CHOICES: tuple[tuple[str, ...], ...] = (
     ("pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin"),
 )
 
-# The handler's settings (model-config.yaml, section "handler"); None: any value of that type.
-HANDLER_SETTINGS: dict[str, tuple[type, tuple[str, ...] | None]] = {
-    "precision": (str, ("auto", "float32", "bfloat16")),
-    "max_seq_length": (int, None),
-    "instruction_mode": (str, ("auto", "instructor", "prompt")),
-    "max_batch_tokens": (int, None),
-    "max_batch_rows": (int, None),
-    "max_pairs_per_request": (int, None),
-    "max_chars_per_text": (int, None),
-    "warmup": (bool, None),
-    "model_subdir": (str, None),
-}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")  # torch-model-archiver's rule
 
 
@@ -326,30 +317,66 @@ def stage(model_dir: Path, files: Sequence[str], handler_dir: Path, stage_dir: P
 # --------------------------------------------------------------------------- model-config.yaml
 
 
-def parse_setting(key: str, raw: Any) -> Any:
-    """Validate one handler setting (from a flag or --set KEY=VALUE); return its typed value."""
-    if key not in HANDLER_SETTINGS:
-        raise BuildError(f"Unknown handler setting {key!r}; known: {', '.join(HANDLER_SETTINGS)}.")
-    typ, choices = HANDLER_SETTINGS[key]
-    value = raw
-    if isinstance(raw, str):
-        if typ is bool:
-            low = raw.strip().lower()
-            if low not in ("true", "false", "1", "0", "yes", "no"):
-                raise BuildError(f"{key} must be true or false, not {raw!r}.")
-            value = low in ("true", "1", "yes")
-        elif typ is int:
-            try:
-                value = int(raw)
-            except ValueError:
-                raise BuildError(f"{key} must be an integer, not {raw!r}.") from None
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise BuildError(f"{key} must be of type {typ.__name__}, not {raw!r}.")
-    if typ is int and value <= 0:
-        raise BuildError(f"{key} must be positive, not {value}.")
-    if choices and value not in choices:
-        raise BuildError(f"{key} must be one of {', '.join(choices)}, not {value!r}.")
-    return value
+def load_settings_class(handler_dir: Path) -> type | None:
+    """The handler's own frozen Settings dataclass (``<handler_dir>/settings.py``), or None.
+
+    Validating with the class that is being packed keeps one source of truth for setting names,
+    types, choices and defaults.
+    """
+    if not (handler_dir / "settings.py").is_file():
+        return None
+    sys.path.insert(0, str(handler_dir.parent))
+    try:
+        module = importlib.import_module(f"{handler_dir.name}.settings")
+    finally:
+        sys.path.remove(str(handler_dir.parent))
+    settings_class = getattr(module, "Settings", None)
+    return settings_class if dataclasses.is_dataclass(settings_class) else None
+
+
+def validate_settings(settings_class: type | None, given: dict[str, Any]) -> dict[str, Any]:
+    """Check the explicitly given handler settings; return them typed and normalised for the yaml.
+
+    Without a Settings class (a handler without settings.py) the values pass through as given.
+    """
+    if settings_class is None or not given:
+        return dict(given)
+    try:
+        settings = settings_class.from_sources(given, environ={})
+    except ValueError as e:  # SettingsError names the setting
+        raise BuildError(f"handler setting: {e}") from None
+    values = settings.as_dict()
+    return {key: values[key] for key in given}
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, settings_class: type | None) -> list[str]:
+    """One --flag per handler setting, generated from the handler's Settings; returns the dest names."""
+    group = parser.add_argument_group(
+        "handler settings (written to model-config.yaml `handler:`; unset: the handler's default)"
+    )
+    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="any handler setting, repeatable (a YAML scalar: 128, true, bfloat16)")
+    if settings_class is None:
+        return []
+    names = []
+    for field in dataclasses.fields(settings_class):
+        if field.name == "model_subdir":  # fixed: this script packs the model as model/
+            continue
+        default = field.default
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(default, bool):
+            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"(handler default: {str(default).lower()})")
+        elif isinstance(default, enum.Enum):
+            choices = [m.value for m in type(default)]
+            group.add_argument(flag, dest=field.name, metavar="|".join(choices),
+                               help=f"(handler default: {default.value})")
+        else:
+            shown = "the model's" if default is None else default
+            group.add_argument(flag, dest=field.name, metavar="N",
+                               help=f"(handler default: {shown})")
+        names.append(field.name)
+    return names
 
 
 def render_model_config(spec: ArchiveSpec) -> str:
@@ -445,6 +472,11 @@ def build(
     if spec.max_batch_delay_ms < 0:
         raise BuildError(f"--max-batch-delay must be >= 0 ms, not {spec.max_batch_delay_ms}.")
     entry = validate_handler_dir(handler_dir)
+    given = dict(spec.handler_settings)
+    if given.get("model_subdir", MODEL_SUBDIR) != MODEL_SUBDIR:
+        raise BuildError(f"model_subdir is fixed by this script: the model is packed as {MODEL_SUBDIR}/.")
+    validated = validate_settings(load_settings_class(handler_dir), given)
+    spec = dataclasses.replace(spec, handler_settings=tuple(validated.items()))
     model_dir = resolve_model(model, revision)
     files = validate_model_dir(model_dir)
     store.mkdir(parents=True, exist_ok=True)
@@ -459,7 +491,7 @@ def build(
 # --------------------------------------------------------------------------- command line
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(handler_dir: Path) -> tuple[argparse.ArgumentParser, list[str]]:
     p = argparse.ArgumentParser(
         prog="scripts/build_mar.sh",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -501,50 +533,35 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds one batch may take before the worker is killed and restarted" + d)
     p.add_argument("--startup-timeout", type=int, default=DEFAULT_STARTUP_TIMEOUT_S, metavar="S",
                    help="seconds a worker may take to load the model" + d)
-    h = p.add_argument_group("handler settings (model-config.yaml `handler:`; unset: the handler's default)")
-    h.add_argument("--precision", choices=HANDLER_SETTINGS["precision"][1],
-                   help="dtype the encoder runs in (auto)")
-    h.add_argument("--max-seq-length", type=int, metavar="L", help="tokens per text (default: the model's)")
-    h.add_argument("--instruction-mode", choices=HANDLER_SETTINGS["instruction_mode"][1],
-                   help="how instructions are applied (default: auto)")
-    h.add_argument("--max-batch-tokens", type=int, metavar="N", help="token budget per encoder call (16384)")
-    h.add_argument("--max-batch-rows", type=int, metavar="N", help="rows per encoder call (128)")
-    h.add_argument("--max-pairs-per-request", type=int, metavar="N", help="pairs in one request (256)")
-    h.add_argument("--max-chars-per-text", type=int, metavar="N", help="characters per text (20000)")
-    h.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
-                   help="encode a few pairs at worker start (true)")
-    h.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other handler setting, repeatable")
     p.add_argument("--handler-dir", type=Path, default=DEFAULT_HANDLER_DIR,
-                   help=f"handler package to pack (must contain {HANDLER_ENTRY})" + d)
-    return p
+                   help=f"handler package to pack (must contain {HANDLER_ENTRY}); its settings.py "
+                        "defines the handler settings below" + d)
+    return p, _add_setting_flags(p, load_settings_class(handler_dir))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    args = _parser().parse_args(argv)
+    # The handler settings flags come from the handler being packed: find --handler-dir first.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--handler-dir", type=Path, default=DEFAULT_HANDLER_DIR)
+    handler_dir = pre.parse_known_args(argv)[0].handler_dir
     try:
-        settings: dict[str, Any] = {}
-        flags = {
-            "precision": args.precision,
-            "max_seq_length": args.max_seq_length,
-            "instruction_mode": args.instruction_mode,
-            "max_batch_tokens": args.max_batch_tokens,
-            "max_batch_rows": args.max_batch_rows,
-            "max_pairs_per_request": args.max_pairs_per_request,
-            "max_chars_per_text": args.max_chars_per_text,
-            "warmup": args.warmup,
+        parser, setting_names = _parser(handler_dir)
+    except Exception as e:  # a broken settings.py must not hide --help
+        print(f"build_mar: cannot read the handler settings of {handler_dir}: {e}", file=sys.stderr)
+        parser, setting_names = _parser(Path("/nonexistent"))
+    args = parser.parse_args(argv)
+    try:
+        settings: dict[str, Any] = {
+            key: getattr(args, key) for key in setting_names if getattr(args, key) is not None
         }
-        for key, value in flags.items():
-            if value is not None:
-                settings[key] = parse_setting(key, value)
         for item in args.set:
             key, sep, value = item.partition("=")
-            if not sep:
+            if not sep or not key.strip():
                 raise BuildError(f"--set {item!r}: expected KEY=VALUE.")
-            settings[key.strip()] = parse_setting(key.strip(), value)
-        if settings.get("model_subdir", MODEL_SUBDIR) != MODEL_SUBDIR:
-            raise BuildError(f"model_subdir is fixed by this script: the model is packed as {MODEL_SUBDIR}/.")
+            import yaml  # only here and in render_model_config: --help works without pyyaml
+
+            settings[key.strip()] = yaml.safe_load(value) if value.strip() else value
         spec = ArchiveSpec(
             workers=args.workers,
             batch_size=args.batch_size,
