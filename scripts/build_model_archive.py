@@ -139,8 +139,9 @@ def choose_weights(files: Iterable[str]) -> tuple[str, ...]:
 def _hf_hint() -> str:
     return (
         "If this machine cannot reach the Hugging Face Hub, download the model elsewhere "
-        "(huggingface-cli download REPO --local-dir DIR, or copy a Hugging Face cache) and pass "
-        "--model DIR; behind a mirror or for a gated/private model set HF_ENDPOINT / HF_TOKEN."
+        "(hf download REPO --local-dir DIR; huggingface-cli in older huggingface_hub) and pass "
+        "--model DIR, or copy a Hugging Face cache here (HF_HOME); behind a mirror or for a "
+        "gated/private model set HF_ENDPOINT / HF_TOKEN."
     )
 
 
@@ -192,9 +193,10 @@ def _cached_snapshot(repo_id: str, revision: str | None, cause: Exception) -> Pa
     try:
         path = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
     except Exception:
+        why = ("HF_HUB_OFFLINE is set" if type(cause).__name__ == "OfflineModeIsEnabled"
+               else f"the Hugging Face Hub is unreachable ({type(cause).__name__})")
         raise BuildError(
-            f"Cannot download {repo_id}: the Hugging Face Hub is unreachable "
-            f"({type(cause).__name__}) and the model is not in the local cache. {_hf_hint()}"
+            f"Cannot download {repo_id}: {why} and the model is not in the local cache. {_hf_hint()}"
         ) from cause
     print(f"Using the cached snapshot {path}", file=sys.stderr)
     return path
