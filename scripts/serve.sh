@@ -147,18 +147,17 @@ fi
 
 # --- 4. Archive ---------------------------------------------------------------------------
 store="$("$py" "$repo/scripts/torchserve_ctl.py" get model_store)"
-have_archive() { [[ -f "$store/$name/MAR-INF/MANIFEST.json" || -f "$store/$name.mar" ]]; }
 build_args=(--model "$model" --name "$name" --store "$store" --workers "$workers")
 [[ -n "$batch_size" ]] && build_args+=(--batch-size "$batch_size")
 [[ -n "$max_batch_delay" ]] && build_args+=(--max-batch-delay "$max_batch_delay")
 [[ -n "$precision" ]] && build_args+=(--precision "$precision")
 [[ -n "$format" ]] && build_args+=(--format "$format")
 register_args=(--name "$name" --workers "$workers" --timeout "$timeout_s")
-if (( rebuild )) || ! have_archive; then
+if (( rebuild )) || ! archive="$("$py" "$repo/scripts/torchserve_ctl.py" archive --name "$name")"; then
   "$repo/scripts/build_mar.sh" "${build_args[@]}"
   (( rebuild )) && register_args+=(--reregister)
 else
-  echo "Using the archive '$name' already in $store (--rebuild builds it again from --model, --precision ...)."
+  echo "Using the archive $archive (--rebuild builds it again from --model, --precision ...)."
 fi
 
 # --- 5. Register (idempotent: scales an already registered model to --workers) --------------

@@ -6,6 +6,7 @@ Standard library only, so it runs before anything but Python is installed.
 Subcommands:
   render-config  write the effective config.properties (repo file + port/store overrides from the env)
   get            print one property of the effective configuration (e.g. model_store)
+  archive        print the path of a model's archive in the model store (exit 1: none)
   wait-up        wait until a starting TorchServe answers
   register       register a model (or scale an already registered one) and wait for its READY workers
   example        print (and optionally run) a curl call of the model with the inference token
@@ -179,7 +180,7 @@ def request(method: str, url: str, token: str | None, timeout: float, body: byte
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as e:
         status, raw = e.code, e.read()
-    except (urllib.error.URLError, OSError) as e:
+    except OSError as e:  # URLError included
         reason = e.reason if isinstance(e, urllib.error.URLError) else e
         if isinstance(reason, TimeoutError):
             raise TimeoutError(f"{method} {url} timed out after {timeout:.0f} s") from None
@@ -395,25 +396,44 @@ def register_model(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- other subcommands
 
 
-def wait_up(args: argparse.Namespace) -> int:
-    """Wait until TorchServe answers on the management API (the key file appears first)."""
-    props = effective_config()
-    url = base_url(props, "management") + "/models"
-    deadline = time.monotonic() + args.timeout
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def wait_until_up(management_url: str, key_file: Path, timeout: float, pid: int | None = None) -> None:
+    """Wait until a starting TorchServe answers GET /models; fail early if process ``pid`` exits."""
+    url = management_url.rstrip("/") + "/models"
+    deadline = time.monotonic() + timeout
     while True:
-        if args.pid and not Path(f"/proc/{args.pid}").exists():
+        if pid and not process_alive(pid):
             raise CtlError("TorchServe exited during start-up.")
         try:
             # TorchServe writes key_file.json while it starts: it may be empty for a moment.
-            keys = read_keys(args.key_file)
-            resp = request("GET", url, keys.management, timeout=5)
-            if resp.status == 200:
-                return 0
+            if request("GET", url, read_keys(key_file).management, timeout=5).status == 200:
+                return
         except (CtlError, TimeoutError):
             pass
         if time.monotonic() > deadline:
-            raise CtlError(f"TorchServe did not answer at {url} within {args.timeout:.0f} s.")
+            raise CtlError(f"TorchServe did not answer at {url} within {timeout:.0f} s.")
         time.sleep(0.3)
+
+
+def wait_up(args: argparse.Namespace) -> int:
+    wait_until_up(base_url(effective_config(), "management"), args.key_file, args.timeout, args.pid)
+    return 0
+
+
+def archive(args: argparse.Namespace) -> int:
+    store = Path(effective_config().get("model_store", REPO_ROOT / "model_store"))
+    url = find_archive(store, args.name)
+    if url is None:
+        return 1
+    print(store / url)
+    return 0
 
 
 def example(args: argparse.Namespace) -> int:
@@ -510,6 +530,10 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("render-config", help="write the effective config.properties")
     c.add_argument("--out", type=Path, required=True)
     c.set_defaults(func=render)
+
+    a = sub.add_parser("archive", help="print the path of NAME's archive in the model store; exit 1 if none")
+    a.add_argument("--name", required=True)
+    a.set_defaults(func=archive)
 
     g = sub.add_parser("get", help="print one property of the effective configuration")
     g.add_argument("key", help="e.g. model_store, management_address")

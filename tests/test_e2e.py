@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import re
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from tests.tiny_models import DENSE_OUT, build_tiny_models
 from tests.torchserve_harness import (
     TorchServe,
     build_with_script,
+    process_alive,
     register_with_script,
     running_torchserve,
 )
@@ -23,10 +23,6 @@ pytestmark = pytest.mark.torchserve
 
 NAME = "tiny"
 INSTRUCTION = "Represent the Science title:"
-
-
-def _alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists()
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +36,7 @@ def server(tmp_path_factory):
         workers = [w["pid"] for w in ts.describe(NAME)["workers"]]
         yield ts
     for pid in [ts.pid, *workers]:
-        assert not _alive(pid), f"process {pid} still runs after the server was stopped"
+        assert not process_alive(pid), f"process {pid} still runs after the server was stopped"
 
 
 def embed(ts: TorchServe, body: dict, token: str | bool | None = True):

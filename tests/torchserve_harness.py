@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts import torchserve_ctl
-from scripts.torchserve_ctl import Keys, Response
+from scripts.torchserve_ctl import Keys, Response, process_alive
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -151,27 +151,13 @@ def _process_tree(pid: int) -> list[int]:
         return []
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours counts as gone.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
 def stop_torchserve(ts: TorchServe) -> None:
     """Stop with scripts/stop.sh (the code under test); SIGKILL whatever survives it."""
     children = _process_tree(ts.pid)
     with contextlib.suppress(Exception):
         run_script("stop.sh", "--timeout", "60", env=ts.env(), timeout=120)
     for pid in [ts.pid, *children]:
-        if _alive(pid):
+        if process_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -219,7 +205,7 @@ def running_torchserve(model_store: Path | None = None, *, config: Mapping[str, 
                     pid=int(pid_file.read_text().strip()), props=props)
     failed = False
     try:
-        _wait_up(ts, deadline)
+        torchserve_ctl.wait_until_up(ts.management_url, ts.key_file, deadline - time.monotonic(), ts.pid)
         yield ts
     except BaseException:
         failed = True
@@ -229,20 +215,6 @@ def running_torchserve(model_store: Path | None = None, *, config: Mapping[str, 
         stop_torchserve(ts)
         if not (keep_workdir or failed):
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _wait_up(ts: TorchServe, deadline: float) -> None:
-    while True:
-        if not _alive(ts.pid):
-            raise RuntimeError("TorchServe exited during start-up")
-        try:
-            if ts.call("GET", "/models", api="management", timeout=5).status == 200:
-                return
-        except (torchserve_ctl.CtlError, TimeoutError):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"TorchServe did not answer within {START_TIMEOUT_S:.0f} s")
-        time.sleep(0.2)
 
 
 def build_with_script(model: str, name: str, store: Path, *args: str,
