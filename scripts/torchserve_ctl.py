@@ -340,6 +340,8 @@ def find_archive(store: Path, name: str) -> str | None:
 
 
 def register_model(args: argparse.Namespace) -> int:
+    if args.workers < 0:
+        raise CtlError(f"--workers must be >= 0, not {args.workers}.")
     props = effective_config()
     mgmt = (args.url or os.environ.get("TS_MANAGEMENT_URL") or base_url(props, "management")).rstrip("/")
     store = Path(args.store or props.get("model_store", REPO_ROOT / "model_store"))
