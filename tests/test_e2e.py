@@ -102,3 +102,17 @@ def test_handler_metrics_reach_prometheus_without_a_token(server: TorchServe):
     items = re.search(rf'^InstructorItems{{ModelName="{NAME}",[^}}]*}} ([0-9.]+)$', resp.body, re.M)
     assert items and float(items.group(1)) >= 1, resp.body[:2000]
     assert f'InstructorEncodeSeconds_count{{ModelName="{NAME}"' in resp.body
+
+
+def test_served_vectors_equal_instructor_embedding_1_0_1(server: TorchServe, reference_fixture):
+    """The whole served path (HTTP, frontend, batching, JSON) against the vectors 1.0.1 itself produced."""
+    cases = reference_fixture["cases"]["pairs"]
+    expected = reference_fixture["models"]["tiny-instructor-gated"]["encode"]["pairs"]
+    want = np.array([expected[case["id"]]["vector"] for case in cases])
+    resp = embed(server, {"inputs": [[case["instruction"], case["text"]] for case in cases]})
+    assert resp.status == 200, resp
+    assert np.abs(np.array(resp.body) - want).max() <= 1e-5
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        singles = list(pool.map(lambda c: embed(server, {"inputs": [c["instruction"], c["text"]]}), cases))
+    assert all(r.status == 200 for r in singles)
+    assert np.abs(np.array([r.body for r in singles]) - want).max() <= 1e-5

@@ -451,6 +451,12 @@ def test_serve_sh_from_a_fresh_copy_prints_a_working_curl_and_stop_sh_ends_every
             assert not Path(f"/proc/{pid}").exists(), f"process {pid} survived stop.sh"
         assert not (repo / "key_file.json").exists()
         assert not (tmpdir / ".model_server.pid").exists()
+
+        # After a full stop, serve.sh alone brings the model back (the archive is reused, not rebuilt).
+        back = subprocess.run(serve, env=scripts_env(env), capture_output=True, text=True, timeout=300)
+        assert back.returncode == 0, back.stdout + back.stderr
+        assert "checked: HTTP 200" in back.stderr
+        assert "Using the archive" in back.stdout
     finally:
         subprocess.run([str(repo / "scripts" / "stop.sh")], env=scripts_env(env),
                        capture_output=True, timeout=120)
