@@ -215,3 +215,21 @@ def test_hostile_corpus_gets_its_status_alone_and_mixed_with_good_requests(defau
     for status, answer in (results[0], results[-1]):
         assert status == 200
         np.testing.assert_allclose(answer, expected_good, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 256])
+def test_any_dynamic_batch_size_gets_exactly_one_answer_per_request_in_order(default_served, batch_size):
+    rng = np.random.default_rng(batch_size)
+    words = ["ocean", "logic", "violet", "ember", "quartz", "harbor", "lunar", "cedar"]
+    bodies = []
+    for i in range(batch_size):
+        text = " ".join(rng.choice(words, size=int(rng.integers(1, 40))))
+        bodies.append({"inputs": ["Represent the sentence:", f"{i} {text}"]} if i % 2 else
+                      {"inputs": [["", f"{i} {text}"], ["query: ", text]]})
+    results = run(default_served, bodies)
+    assert all(status == 200 for status, _ in results)
+    for body, (_, answer) in zip(bodies, results, strict=True):
+        pairs = [body["inputs"]] if isinstance(body["inputs"][0], str) else body["inputs"]
+        expected = reference(default_served, pairs)
+        got = np.array(answer) if len(pairs) > 1 else np.array([answer])
+        np.testing.assert_allclose(got, expected, atol=1e-5)
