@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from handler.acceleration import accelerate
 from handler.batching import plan_micro_batches
 from handler.errors import InsufficientMemory
 from handler.model_directory import ModelDirectory, load_dense_layers, read_model_directory
@@ -87,6 +88,10 @@ class InstructorEncoder:
                  device: str | torch.device = "cpu") -> None:
         self.settings = settings or Settings()
         self.device = torch.device(device)
+        # Importing TorchServe's BaseHandler switches float32 matmuls to TF32 on Ampere+ GPUs
+        # (set_float32_matmul_precision("high")), which breaks the 1e-5 bound of precision float32
+        # and perturbs the float32 Dense head; restore true float32 (bf16 matmuls are unaffected).
+        torch.set_float32_matmul_precision("highest")
         self.files: ModelDirectory = read_model_directory(model_dir)
         self.precision = resolve_precision(self.settings.precision, self.device)
         self.mode = self._resolve_mode(self.settings.instruction_mode)
@@ -103,6 +108,7 @@ class InstructorEncoder:
 
         started = time.perf_counter()
         self._model, self.pad_token_id = _load_transformer(self.files, self.precision, self.device)
+        self._accelerated = accelerate(self._model, self.device, self.precision)  # None: CPU, fp32, int8
         self._dense = torch.nn.Sequential(*load_dense_layers(self.files)).to(self.device).eval()
         self.dimension = self._infer_dimension()
         log.info(
@@ -221,7 +227,10 @@ class InstructorEncoder:
         input_ids_t = _to_device(input_ids, self.device, non_blocking)
         attention_t = _to_device(attention, self.device, non_blocking)
         pooling_t = _to_device(pooling, self.device, non_blocking)
-        hidden = self._model(input_ids=input_ids_t, attention_mask=attention_t).last_hidden_state
+        if self._accelerated is not None:
+            hidden = self._accelerated(input_ids_t, attention_t)
+        else:
+            hidden = self._model(input_ids=input_ids_t, attention_mask=attention_t).last_hidden_state
         pooled = _pool(hidden.float(), pooling_t, attention_t, self.files.pooling_mode)
         pooled = self._dense(pooled)
         if self.files.normalize:
@@ -231,6 +240,8 @@ class InstructorEncoder:
     def warmup(self) -> float:
         """Run short and full-length batches once (allocator, kernels, autotuning); returns seconds."""
         started = time.perf_counter()
+        if self._accelerated is not None:
+            self._accelerated.warmup(self.max_seq_length)
         word = "warm up "
         pairs = [("Represent the sentence:", word * n) for n in (1, 8, 64, self.max_seq_length)]
         self.encode(pairs)

@@ -1,0 +1,349 @@
+"""A fast T5-encoder forward for CUDA + bfloat16, used by the encoder core in place of the Hugging Face forward.
+
+Same weights and the same function as ``T5EncoderModel`` (relu feed-forward, relative position bias, pre-norm),
+with fewer and larger kernels per layer:
+
+- q, k and v in ONE matrix product (the three weights become views of one fused tensor, so no copy stays);
+- attention through ``F.scaled_dot_product_attention`` (memory-efficient kernel) with the position bias and
+  the padding mask merged ONCE per forward into one additive bias (Hugging Face rebuilds it in every layer),
+  allocated with a 16-aligned row stride so the kernel never copies it; T5 has no 1/sqrt(d_kv): scale=1;
+- the residual additions fused into the output projections (``addmm_`` accumulates into the residual stream);
+- relu fused into the first feed-forward product (cuBLASLt epilogue through ``torch._addmm_activation``);
+- the T5 RMS norm through the fused ``F.rms_norm`` kernel (fp32 statistics, as T5LayerNorm);
+- CUDA graphs for every micro-batch up to 128 rows and 8192 padded tokens (rows and length rounded up to
+  ~150 buckets, all captured at warm-up): one launch instead of ~200. This is the single-request (c=1)
+  latency path, and in a server it is what keeps dynamic batches fast: on the H100 machines the ~200
+  launches of an eager micro-batch ran 5-10x slower than its GPU work (benchmarks/NOTES.md);
+- optionally ``torch.compile`` of the layer function (dynamic shapes; off: measured 12% slower).
+
+Both guards fall back instead of failing: a forward that errs or differs from Hugging Face's on a probe batch
+at load leaves the Hugging Face path in place; a graph capture that fails or replays differently turns graphs
+off. Each fallback is logged.
+
+Only CUDA + bfloat16 is accelerated: on CPU, and for float32/int8, ``accelerate`` returns None and the encoder
+keeps the exact Hugging Face path, so CPU results and float32 exactness do not change.
+bf16 results differ from the Hugging Face bf16 forward by rounding only (fp32 accumulation in the fused
+products; see benchmarks: min cosine vs the fp32 reference >= 0.999).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from handler.settings import Precision
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class AccelerationOptions:
+    """Process-wide switches; benchmarks change them with ``set_options`` to measure each lever."""
+
+    enabled: bool = True
+    cuda_graphs: bool = True
+    # A micro-batch runs as a CUDA graph when rows <= graph_max_rows and rows x length (both rounded up to
+    # their buckets) <= graph_max_tokens. Measured on the H100 machines (benchmarks/NOTES.md): a server's
+    # dynamic batches of 30-130 pairs split into micro-batches of a few thousand tokens whose ~200 kernel
+    # launches each ran 5-10x slower than their GPU work while the rest of the machine was idle; one graph
+    # launch per micro-batch removes that. Above the limit the GPU work hides the launches (bulk encodes)
+    # and padding to a bucket would only waste compute.
+    graph_max_rows: int = 128
+    graph_max_tokens: int = 8192
+    compile: bool = False
+
+
+# Bucket edges: every shape a micro-batch can take maps to one of ~150 captured graphs. Rows: powers of two
+# to 16, then steps of 1.5x; lengths: multiples of 16 to 128 (the common case), then of 32.
+_ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def _bucket_rows(rows: int) -> int | None:
+    return next((b for b in _ROW_BUCKETS if b >= rows), None)
+
+
+def _bucket_length(length: int) -> int:
+    step = 16 if length <= 128 else 32
+    return -(-length // step) * step
+
+
+_options = AccelerationOptions()
+# Relative error allowed between the fast and the Hugging Face forward on the probe batch: bf16 rounding through
+# 24 layers stays near 1e-2; a wrong mask, scale or weight layout gives errors of order 1.
+_SELF_CHECK_TOLERANCE = 0.1
+
+
+def set_options(options: AccelerationOptions) -> AccelerationOptions:
+    """Replace the process-wide options (applies to encoders created afterwards); returns the previous ones."""
+    global _options
+    previous, _options = _options, options
+    return previous
+
+
+def get_options() -> AccelerationOptions:
+    return _options
+
+
+def accelerate(model: torch.nn.Module, device: torch.device, precision: Precision,
+               options: AccelerationOptions | None = None, force: bool = False) -> FastT5Encoder | None:
+    """A fast forward for ``model`` on ``device``, or None where the Hugging Face forward must stay.
+
+    ``force`` skips the CUDA/bf16 guard (for tests that check the function on CPU in float32).
+    """
+    opts = options or _options
+    if not opts.enabled:
+        return None
+    if not force and (device.type != "cuda" or precision is not Precision.BFLOAT16):
+        return None
+    reason = unsupported_reason(model)
+    if reason:
+        log.info("fast T5 forward not used: %s", reason)
+        return None
+    try:
+        fast = FastT5Encoder(model, opts)
+        error = fast.self_check(model)
+    except Exception as exc:  # a kernel this driver/torch lacks must not take the server down
+        log.warning("fast T5 forward not used: it failed on a probe batch (%r)", exc, exc_info=True)
+        return None
+    if error > _SELF_CHECK_TOLERANCE:
+        log.warning("fast T5 forward not used: it differs from the Hugging Face forward by %.3g (relative)", error)
+        return None
+    return fast
+
+
+def unsupported_reason(model: torch.nn.Module) -> str | None:
+    """Why the fast forward cannot reproduce this model, or None if it can."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "model_type", None) not in ("t5", "mt5"):
+        return "not a T5 encoder"
+    if not hasattr(model, "encoder") or getattr(model.encoder, "is_decoder", False):
+        return "not an encoder-only T5 model"
+    if getattr(config, "is_gated_act", False) or getattr(config, "dense_act_fn", "relu") != "relu":
+        return f"feed-forward {getattr(config, 'feed_forward_proj', '?')} (only relu is implemented)"
+    if config.d_kv % 8:
+        return f"d_kv {config.d_kv} is not a multiple of 8"
+    for block in model.encoder.block:
+        for linear in (block.layer[0].SelfAttention.q, block.layer[1].DenseReluDense.wi):
+            if not isinstance(linear, torch.nn.Linear) or type(linear) is not torch.nn.Linear:
+                return "quantized or replaced Linear layers"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layer:
+    qkv_t: torch.Tensor  # (d_model, 3 inner): transposed view of the fused q|k|v weight
+    o_t: torch.Tensor
+    wi_t: torch.Tensor
+    wo_t: torch.Tensor
+    ln1: torch.Tensor
+    ln2: torch.Tensor
+
+
+@dataclasses.dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    input_ids: torch.Tensor
+    attention: torch.Tensor
+    output: torch.Tensor
+
+
+class FastT5Encoder:
+    """Callable ``(input_ids, attention_mask) -> last_hidden_state`` for a loaded T5 encoder.
+
+    The returned tensor may be a CUDA graph's static output: it is valid until the next call, so use it
+    (enqueue the work that reads it) before calling again. Not thread-safe, like the encoder core.
+    """
+
+    def __init__(self, model: torch.nn.Module, options: AccelerationOptions) -> None:
+        config = model.config
+        self.options = options
+        self.num_heads = int(config.num_heads)
+        self.d_kv = int(config.d_kv)
+        self.d_model = int(config.d_model)
+        self.eps = float(config.layer_norm_epsilon)
+        encoder = model.encoder
+        self.embedding = encoder.embed_tokens.weight
+        self.dtype = self.embedding.dtype
+        self.device = self.embedding.device
+        self._bias_module = encoder.block[0].layer[0].SelfAttention
+        self.final_ln = encoder.final_layer_norm.weight
+        self.layers = [self._fuse(block) for block in encoder.block]
+        self._relu_bias = torch.zeros(int(config.d_ff), dtype=self.dtype, device=self.device)
+        self._mask_min = torch.tensor(torch.finfo(self.dtype).min, dtype=self.dtype, device=self.device)
+        self._layer_fn: Callable[..., None] = _layer
+        if options.compile:
+            self._layer_fn = torch.compile(_layer, dynamic=True)
+        self._graphs: dict[tuple[int, int], _Graph] = {}
+        self._graph_pool: Any = None
+        self.graph_seconds = 0.0
+
+    def _fuse(self, block: torch.nn.Module) -> _Layer:
+        attention = block.layer[0].SelfAttention
+        ff = block.layer[1].DenseReluDense
+        with torch.no_grad():
+            qkv = torch.cat([attention.q.weight, attention.k.weight, attention.v.weight]).contiguous()
+            inner = attention.q.weight.shape[0]
+            # The Hugging Face modules keep working (fallback, other callers) on views of the fused weight,
+            # so the model's memory does not grow.
+            attention.q.weight.data = qkv[:inner]
+            attention.k.weight.data = qkv[inner:2 * inner]
+            attention.v.weight.data = qkv[2 * inner:]
+        return _Layer(qkv_t=qkv.t(), o_t=attention.o.weight.t(), wi_t=ff.wi.weight.t(), wo_t=ff.wo.weight.t(),
+                      ln1=block.layer[0].layer_norm.weight, ln2=block.layer[1].layer_norm.weight)
+
+    def self_check(self, model: torch.nn.Module) -> float:
+        """Relative difference from the Hugging Face forward on a padded probe batch (real positions only)."""
+        generator = torch.Generator().manual_seed(0)
+        vocab = self.embedding.shape[0]
+        input_ids = torch.randint(2, vocab, (3, 40), generator=generator).to(self.device)
+        attention = torch.ones_like(input_ids)
+        attention[1, 25:] = 0
+        attention[2, 7:] = 0
+        with torch.inference_mode():
+            reference = model(input_ids=input_ids, attention_mask=attention).last_hidden_state.float()
+            got = self.forward(input_ids, attention).float()
+        real = attention.bool()
+        if not torch.isfinite(got[real]).all():
+            return float("inf")
+        return float((got[real] - reference[real]).norm() / reference[real].norm())
+
+    # ---- forward ------------------------------------------------------------------------------
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        rows, length = input_ids.shape
+        key = self._graph_key(rows, length)
+        if key is None:
+            return self.forward(input_ids, attention_mask)
+        entry = self._graphs.get(key)
+        if entry is None:
+            try:
+                entry = self._capture(key)
+            except Exception as exc:  # a capture failure costs speed, never the request
+                log.warning("CUDA graph capture of %s failed (%r); running without graphs", key, exc)
+                self.options = dataclasses.replace(self.options, cuda_graphs=False)
+                return self.forward(input_ids, attention_mask)
+        entry.input_ids.zero_()
+        entry.attention.zero_()
+        entry.input_ids[:rows, :length].copy_(input_ids)
+        entry.attention[:rows, :length].copy_(attention_mask)
+        entry.graph.replay()
+        return entry.output[:rows, :length]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The encoder without graphs: embeddings, 24 (or 12) fused layers, final norm."""
+        rows, length = input_ids.shape
+        x = F.embedding(input_ids, self.embedding).view(rows * length, self.d_model)
+        bias = self._attention_bias(attention_mask, length)
+        for layer in self.layers:
+            self._layer_fn(x, bias, layer, rows, length, self.num_heads, self.d_kv, self.eps, self._relu_bias)
+        return F.rms_norm(x, (self.d_model,), self.final_ln, self.eps).view(rows, length, self.d_model)
+
+    def _attention_bias(self, attention_mask: torch.Tensor, length: int) -> torch.Tensor:
+        """Position bias where the key is real, the dtype's minimum where it is padding: (rows, heads, L, L).
+
+        Allocated with a row stride rounded up to 16 elements: the memory-efficient kernel requires that
+        alignment and would otherwise copy the bias in every layer.
+        """
+        rows = attention_mask.shape[0]
+        position = self._bias_module.compute_bias(length, length, device=attention_mask.device)  # (1, H, L, L)
+        padded = -(-length // 16) * 16
+        bias = torch.empty(rows, self.num_heads, length, padded, dtype=self.dtype, device=attention_mask.device)
+        bias = bias[..., :length]
+        keep = attention_mask[:, None, None, :].bool()
+        torch.where(keep, position.to(self.dtype), self._mask_min, out=bias)
+        return bias
+
+    # ---- CUDA graphs --------------------------------------------------------------------------
+
+    def _graph_key(self, rows: int, length: int) -> tuple[int, int] | None:
+        opts = self.options
+        if not opts.cuda_graphs or self.device.type != "cuda" or rows > opts.graph_max_rows:
+            return None
+        bucket_rows = _bucket_rows(rows)
+        bucket_length = _bucket_length(length)
+        if bucket_rows is None or bucket_rows * bucket_length > opts.graph_max_tokens:
+            return None
+        return bucket_rows, bucket_length
+
+    def graph_shapes(self, max_length: int) -> list[tuple[int, int]]:
+        """Every (rows, length) bucket a micro-batch of at most ``max_length`` tokens a row can use."""
+        shapes = {self._graph_key(rows, length) for rows in _ROW_BUCKETS for length in range(1, max_length + 1)}
+        return sorted(key for key in shapes if key is not None)
+
+    def warmup(self, max_length: int) -> float:
+        """Capture every graph shape up front (so no request pays for a capture); returns seconds."""
+        if not self.options.cuda_graphs or self.device.type != "cuda":
+            return 0.0
+        started = time.perf_counter()
+        with torch.inference_mode():
+            for key in self.graph_shapes(max_length):
+                if key not in self._graphs and self.options.cuda_graphs:
+                    try:
+                        self._capture(key)
+                    except Exception as exc:
+                        log.warning("CUDA graph capture of %s failed (%r); running without graphs", key, exc)
+                        self.options = dataclasses.replace(self.options, cuda_graphs=False)
+            error = self._graph_check()
+            if error > _SELF_CHECK_TOLERANCE:
+                log.warning("CUDA graphs differ from the plain forward by %.3g (relative); running without "
+                            "graphs", error)
+                self.options = dataclasses.replace(self.options, cuda_graphs=False)
+        torch.cuda.synchronize(self.device)
+        log.info("captured %d CUDA graphs in %.1f s", len(self._graphs), time.perf_counter() - started)
+        return time.perf_counter() - started
+
+    def _graph_check(self) -> float:
+        """Relative difference between a graph replay and the plain forward on a padded probe (real tokens)."""
+        if not self.options.cuda_graphs:
+            return 0.0
+        generator = torch.Generator().manual_seed(1)
+        input_ids = torch.randint(2, self.embedding.shape[0], (3, 37), generator=generator).to(self.device)
+        attention = torch.ones_like(input_ids)
+        attention[1, 20:] = 0
+        expected = self.forward(input_ids, attention).float()
+        got = self(input_ids, attention).float()
+        real = attention.bool()
+        if not torch.isfinite(got[real]).all():
+            return float("inf")
+        return float((got[real] - expected[real]).norm() / expected[real].norm())
+
+    def _capture(self, key: tuple[int, int]) -> _Graph:
+        started = time.perf_counter()
+        rows, length = key
+        input_ids = torch.zeros(rows, length, dtype=torch.long, device=self.device)
+        attention = torch.zeros(rows, length, dtype=torch.long, device=self.device)
+        attention[:, 0] = 1
+        if self._graph_pool is None:
+            self._graph_pool = torch.cuda.graph_pool_handle()
+        # Warm up on a side stream first (lazy cuBLAS / kernel initialisation must not happen in capture).
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            self.forward(input_ids, attention)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._graph_pool):
+            output = self.forward(input_ids, attention)
+        entry = _Graph(graph, input_ids, attention, output)
+        self._graphs[key] = entry
+        self.graph_seconds += time.perf_counter() - started
+        return entry
+
+
+def _layer(x: torch.Tensor, bias: torch.Tensor, w: _Layer, rows: int, length: int, heads: int, d_kv: int,
+           eps: float, relu_bias: torch.Tensor) -> None:
+    """One T5 encoder block, updating the residual stream ``x`` (rows*length, d_model) in place."""
+    d_model = x.shape[1]
+    h = F.rms_norm(x, (d_model,), w.ln1, eps)
+    qkv = torch.mm(h, w.qkv_t).view(rows, length, 3, heads, d_kv)
+    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (rows, heads, L, d_kv), no copies
+    attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+    x.addmm_(attended.transpose(1, 2).reshape(rows * length, heads * d_kv), w.o_t)
+    h = F.rms_norm(x, (d_model,), w.ln2, eps)
+    x.addmm_(torch._addmm_activation(relu_bias, h, w.wi_t), w.wo_t)
