@@ -96,11 +96,7 @@ class InstructorEncoder:
         self.precision = resolve_precision(self.settings.precision, self.device)
         self.mode = self._resolve_mode(self.settings.instruction_mode)
         self.max_seq_length = self.settings.max_seq_length or self.files.max_seq_length or 512
-        if self.max_seq_length > self.settings.max_batch_tokens:
-            raise SettingsError(
-                f"setting 'max_batch_tokens' ({self.settings.max_batch_tokens}) must be >= max_seq_length "
-                f"({self.max_seq_length}): one full-length item must fit in a micro-batch"
-            )
+        self.settings.check_fits(self.max_seq_length)  # the model's own value may exceed the budget
         self._tokenizer = _load_tokenizer(self.files.tokenizer_file)
         self._truncating_tokenizer = _load_tokenizer(self.files.tokenizer_file)
         self._truncating_tokenizer.enable_truncation(self.max_seq_length, strategy="longest_first")

@@ -70,10 +70,15 @@ class Settings:
                 raise SettingsError(f"setting '{name}' must be >= 1, got {getattr(self, name)}")
         if self.max_seq_length is not None and self.max_seq_length < 2:
             raise SettingsError(f"setting 'max_seq_length' must be >= 2, got {self.max_seq_length}")
-        if self.max_seq_length is not None and self.max_seq_length > self.max_batch_tokens:
+        if self.max_seq_length is not None:
+            self.check_fits(self.max_seq_length)
+
+    def check_fits(self, max_seq_length: int) -> None:
+        """One full-length item must fit in a micro-batch (also checked with the model's own value)."""
+        if max_seq_length > self.max_batch_tokens:
             raise SettingsError(
                 f"setting 'max_batch_tokens' ({self.max_batch_tokens}) must be >= max_seq_length "
-                f"({self.max_seq_length}): one full-length item must fit in a micro-batch"
+                f"({max_seq_length}): one full-length item must fit in a micro-batch"
             )
 
     @classmethod

@@ -102,19 +102,20 @@ class InstructorHandler(BaseHandler):
 
     def inference(self, slots: list[RequestSlot], *args: Any, **kwargs: Any) -> list[RequestSlot]:
         """One encoder call for the whole batch; if it fails, retry request by request to isolate."""
-        ready = [slot for slot in slots if slot.error is None and slot.request is not None]
+        ready = [(index, slot) for index, slot in enumerate(slots)
+                 if slot.error is None and slot.request is not None]
         if not ready:
             return slots
-        items = [item for slot in ready for item in slot.items]
+        items = [item for _, slot in ready for item in slot.items]
         try:
             vectors, stats = self.encoder.embed(items)
         except Exception:
             log.warning("batch of %d requests failed; retrying one by one", len(ready), exc_info=True)
-            for slot in ready:
-                self._embed_alone(slot, slots.index(slot))
+            for index, slot in ready:
+                self._embed_alone(slot, index)
             return slots
         offset = 0
-        for slot in ready:
+        for _, slot in ready:
             slot.vectors = vectors[offset:offset + len(slot.items)]
             offset += len(slot.items)
         if self.metrics:
