@@ -16,6 +16,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file as load_safetensors
 
+# Where the model files sit inside a TorchServe archive (written by the archive builder, read by the handler).
+ARCHIVE_MODEL_SUBDIR = "model"
+
 
 class ModelDirectoryError(ValueError):
     """The model directory is missing, incomplete or uses something we do not support."""
