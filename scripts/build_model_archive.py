@@ -1,6 +1,6 @@
 """Build a TorchServe model archive for an INSTRUCTOR / sentence-transformers model.
 
-Used by scripts/build_mar.sh (run ``build_mar.sh --help`` for the user-facing description).
+Used by scripts/build_archive.sh (run ``build_archive.sh --help`` for the user-facing description).
 The archive is self-contained: a TorchServe whose Python environment has the runtime packages
 (torch, transformers, sentence-transformers, ...) but not this repository can serve it.
 
@@ -168,7 +168,7 @@ def download_model(repo_id: str, revision: str | None = None) -> Path:
     except RevisionNotFoundError as e:
         raise BuildError(f"{repo_id} has no revision {revision!r}.") from e
     except Exception as e:  # offline, DNS, proxy, TLS: try what an earlier download left in the cache
-        print(f"build_mar: cannot reach the Hugging Face Hub ({type(e).__name__}: {e}); "
+        print(f"build_archive: cannot reach the Hugging Face Hub ({type(e).__name__}: {e}); "
               "trying the local Hugging Face cache ...", file=sys.stderr)
         return _cached_snapshot(repo_id, revision, e)
 
@@ -397,7 +397,7 @@ def render_model_config(spec: ArchiveSpec) -> str:
     }
     handler = dict(spec.handler_settings)
     text = (
-        "# Written by scripts/build_mar.sh. TorchServe reads the top-level keys, the handler reads\n"
+        "# Written by scripts/build_archive.sh. TorchServe reads the top-level keys, the handler reads\n"
         "# `handler:` (unset keys take the handler's defaults). Rebuild the archive to change them.\n"
         + yaml.safe_dump(top, sort_keys=False)
         + yaml.safe_dump({"handler": handler}, sort_keys=False, default_flow_style=False)
@@ -495,7 +495,7 @@ def build(
 
 def _parser(handler_dir: Path) -> tuple[argparse.ArgumentParser, list[str]]:
     p = argparse.ArgumentParser(
-        prog="scripts/build_mar.sh",
+        prog="scripts/build_archive.sh",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Package a sentence-transformers / INSTRUCTOR model with the handler into a TorchServe archive.\n"
@@ -510,9 +510,9 @@ def _parser(handler_dir: Path) -> tuple[argparse.ArgumentParser, list[str]]:
             "  mar         one portable file STORE/NAME.mar (a stored zip), e.g. for KServe or other hosts;\n"
             "              TorchServe extracts it into $TMPDIR/models/<uuid> at every registration.\n"
             "examples:\n"
-            "  scripts/build_mar.sh --model demo\n"
-            "  scripts/build_mar.sh --model hkunlp/instructor-large --precision bfloat16 --workers 2\n"
-            "  scripts/build_mar.sh --model ./my-model --name mymodel --format mar --set warmup=false\n"
+            "  scripts/build_archive.sh --model demo\n"
+            "  scripts/build_archive.sh --model hkunlp/instructor-large --precision bfloat16 --workers 2\n"
+            "  scripts/build_archive.sh --model ./my-model --name mymodel --format mar --set warmup=false\n"
             "environment: HF_TOKEN, HF_ENDPOINT, HF_HOME, HF_HUB_OFFLINE as for huggingface_hub."
         ),
     )
@@ -550,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser, setting_names = _parser(handler_dir)
     except Exception as e:  # a broken settings.py must not hide --help
-        print(f"build_mar: cannot read the handler settings of {handler_dir}: {e}", file=sys.stderr)
+        print(f"build_archive: cannot read the handler settings of {handler_dir}: {e}", file=sys.stderr)
         parser, setting_names = _parser(Path("/nonexistent"))
     args = parser.parse_args(argv)
     try:
@@ -576,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = build(args.model, name, store=args.store, fmt=args.format, spec=spec,
                        handler_dir=args.handler_dir, revision=args.revision)
     except BuildError as e:
-        print(f"build_mar: error: {e}", file=sys.stderr)
+        print(f"build_archive: error: {e}", file=sys.stderr)
         return 1
     print(f"Built {target} (model {name!r}, {args.workers} worker(s), batch {args.batch_size}, "
           f"{args.max_batch_delay} ms).")

@@ -14,8 +14,8 @@ import torch
 from handler import torchserve_handler
 from handler.encoder import InstructorEncoder
 from handler.torchserve_handler import InstructorHandler, select_device
-from tests.conftest import make_ts_context, set_batch
 from tests.hostile_corpus import GOOD_PAIR, cases
+from tests.ts_context import make_ts_context, set_batch
 
 SCIENCE = ["Represent the Science title:", "3D ActionSLAM: wearable person tracking in multi-floor environments"]
 

@@ -1,4 +1,4 @@
-"""The scripts as a user meets them: --help, archives from build_mar.sh, failures that say what to do,
+"""The scripts as a user meets them: --help, archives from build_archive.sh, failures that say what to do,
 the secure configuration, and register/serve/stop against real TorchServes (marked torchserve)."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from tests.torchserve_harness import (
 )
 
 HELP_DEFAULTS = {
-    "build_mar.sh": ["(default: demo)", "(default: no-archive)", "(default: 1)", "(default: 16)",
+    "build_archive.sh": ["(default: demo)", "(default: no-archive)", "(default: 1)", "(default: 16)",
                      "(default: 5)", "(default: 120)", "(default: 600)", "(handler default: auto)"],
     "register.sh": ["(default: 1)", "(default: 600.0)", "key_file.json"],
     "serve.sh": ["(default: demo", "(default: 1)", "(default: 600)", "(default: no-archive)"],
@@ -84,7 +84,7 @@ def test_an_unknown_option_is_refused(script):
     assert "--no-such-option" in proc.stderr
 
 
-# --------------------------------------------------------------------------- build_mar.sh
+# --------------------------------------------------------------------------- build_archive.sh
 
 
 @pytest.mark.parametrize("fmt", ["no-archive", "mar"])
@@ -164,7 +164,7 @@ def test_default_name_is_derived_from_the_model(model, name):
 
 
 def test_build_from_a_missing_directory_says_what_to_pass(tmp_path):
-    proc = run_script("build_mar.sh", "--model", str(tmp_path / "nope"), "--store", str(tmp_path / "store"))
+    proc = run_script("build_archive.sh", "--model", str(tmp_path / "nope"), "--store", str(tmp_path / "store"))
     assert proc.returncode == 1
     assert "no such directory" in proc.stderr
     assert "Hugging Face id" in proc.stderr
@@ -175,7 +175,7 @@ def test_build_from_a_directory_without_weights_fails_clearly(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")
     (tmp_path / "m" / "tokenizer.json").write_text("{}")
-    proc = run_script("build_mar.sh", "--model", str(tmp_path / "m"), "--store", str(tmp_path / "store"))
+    proc = run_script("build_archive.sh", "--model", str(tmp_path / "m"), "--store", str(tmp_path / "store"))
     assert proc.returncode == 1
     assert "No model weights" in proc.stderr and "model.safetensors" in proc.stderr
 
@@ -184,7 +184,7 @@ def test_build_from_an_incomplete_download_names_the_missing_module(tiny_models,
     model = tmp_path / "partial"
     shutil.copytree(tiny_models["tiny-instructor-relu"], model)
     shutil.rmtree(model / "2_Dense")
-    proc = run_script("build_mar.sh", "--model", str(model), "--store", str(tmp_path / "store"))
+    proc = run_script("build_archive.sh", "--model", str(model), "--store", str(tmp_path / "store"))
     assert proc.returncode == 1
     assert "2_Dense" in proc.stderr and "download the model again" in proc.stderr
 
@@ -196,7 +196,7 @@ def test_build_from_an_incomplete_download_names_the_missing_module(tiny_models,
 def test_build_from_a_hub_id_without_network_says_what_to_do(env, tmp_path):
     env = {**env, "HF_HOME": str(tmp_path / "hf-home")}  # an empty cache
     started = time.monotonic()
-    proc = run_script("build_mar.sh", "--model", "hkunlp/instructor-large", "--store", str(tmp_path / "s"),
+    proc = run_script("build_archive.sh", "--model", "hkunlp/instructor-large", "--store", str(tmp_path / "s"),
                       env=env, timeout=120)
     assert proc.returncode == 1
     assert "--model DIR" in proc.stderr and "HF_ENDPOINT" in proc.stderr
@@ -210,7 +210,7 @@ def test_build_from_a_hub_id_offline_uses_the_hugging_face_cache(tiny_models, tm
     (repo_dir / "refs").mkdir(parents=True)
     (repo_dir / "refs" / "main").write_text("0" * 40)
     shutil.copytree(tiny_models["tiny-instructor-gated"], repo_dir / "snapshots" / ("0" * 40))
-    proc = run_script("build_mar.sh", "--model", "hkunlp/instructor-tiny", "--store", str(tmp_path / "s"),
+    proc = run_script("build_archive.sh", "--model", "hkunlp/instructor-tiny", "--store", str(tmp_path / "s"),
                       env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")})
     assert proc.returncode == 0, proc.stderr
     assert "model/model.safetensors" in archive_members(tmp_path / "s" / "instructor-tiny")
@@ -225,7 +225,7 @@ def test_build_from_a_hub_id_offline_uses_the_hugging_face_cache(tiny_models, tm
     (["--workers", "0"], "--workers"),
 ])
 def test_build_refuses_bad_settings_before_doing_any_work(flag, message, tmp_path):
-    proc = run_script("build_mar.sh", "--model", "demo", "--store", str(tmp_path / "s"), *flag)
+    proc = run_script("build_archive.sh", "--model", "demo", "--store", str(tmp_path / "s"), *flag)
     assert proc.returncode == 1
     assert message in proc.stderr
     assert not (tmp_path / "s").exists()
@@ -346,10 +346,20 @@ def test_register_is_idempotent_and_pins_the_worker_count(demo_server: TorchServ
 
 
 @pytest.mark.torchserve
+def test_a_second_torchserve_in_the_same_temp_directory_is_refused_with_what_to_do(demo_server: TorchServe,
+                                                                                   tmp_path):
+    with pytest.raises(torchserve_ctl.CtlError, match="already runs") as refused:
+        torchserve_ctl.start(tmp_path, tmpdir=demo_server.tmpdir,
+                             overrides=torchserve_ctl.port_overrides(free_ports(5)))
+    assert f"pid {demo_server.pid}" in str(refused.value) and "scripts/stop.sh" in str(refused.value)
+    assert demo_server.call("GET", "/models", api="management").status == 200  # the first one is untouched
+
+
+@pytest.mark.torchserve
 def test_register_without_an_archive_says_how_to_build_it(demo_server: TorchServe):
     proc = register_with_script(demo_server, "nothing-built", check=False)
     assert proc.returncode == 1
-    assert "scripts/build_mar.sh" in proc.stderr
+    assert "scripts/build_archive.sh" in proc.stderr
 
 
 @pytest.mark.torchserve
