@@ -65,9 +65,9 @@ class Settings:
     # what this worker tokenizes (worst-case text) and embeds in an eighth of responseTimeout each.
     max_batch_request_chars: int | None = None
     max_batch_request_tokens: int | None = None
-    # Threads that tokenize a dynamic batch (tokenizers' thread pool). None: the cores this worker may
-    # use (os.sched_getaffinity) divided by the workers sharing them (1 on a CPU worker: the model's
-    # matrix products use the cores); 1 disables the pool.
+    # Threads that tokenize a dynamic batch (tokenizers' thread pool). None: the cores this worker may use,
+    # at most 4 (several workers share a GPU host's cores; a batch of a few hundred pairs gains little
+    # beyond 4 threads); 1 disables the pool.
     tokenizer_threads: int | None = None
     # Run a few encodes at initialize so the first request does not pay for lazy init / autotuning.
     warmup: bool = True

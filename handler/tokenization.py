@@ -32,6 +32,7 @@ from tokenizers import Encoding, Tokenizer
 _FIRST_CHARS_PER_TOKEN = 1
 _MARGIN = 1.25  # the next prefix aims this much past the limit, at the characters per token seen so far
 _MIN_GROWTH, _MAX_GROWTH = 2, 16
+_POOL_MIN_TEXTS = 8
 # A text whose whole length must be tokenized costs the most per character when it is one long word of
 # punctuation, CJK characters, one letter or combining marks (measured on T5 Unigram and BERT WordPiece).
 _WORST_CASE_PROBE = " ".join(["." * 2000, "\u4e2d" * 2000, "x" * 2000, "e" + "\u0301" * 2000])
@@ -56,10 +57,9 @@ class BoundedTokenizer:
         results: list[tuple[list[int], bool] | None] = [None] * len(texts)
         window = {i: max(16, self._content_limit * _FIRST_CHARS_PER_TOKEN) for i in range(len(texts))}
         while window:
-            # One encode_batch per round: the tokenizer parallelises over texts where it is allowed to.
             prefixes = {i: _prefix(texts[i], chars) for i, chars in window.items()}
             order = list(prefixes)
-            encodings = self._tokenizer.encode_batch([prefixes[i] for i in order], add_special_tokens=False)
+            encodings = self._encode_many([prefixes[i] for i in order])
             next_window = {}
             for i, encoding in zip(order, encodings, strict=True):
                 whole = len(prefixes[i]) == len(texts[i])
@@ -71,6 +71,13 @@ class BoundedTokenizer:
                     next_window[i] = int(window[i] * min(max(growth, _MIN_GROWTH), _MAX_GROWTH))
             window = next_window
         return results  # type: ignore[return-value]  # every slot is filled once the loop ends
+
+    def _encode_many(self, texts: list[str]) -> list[Encoding]:
+        # encode_batch runs on the tokenizer's thread pool (when enabled): worth it for many texts; for a
+        # few, waking the pool's threads costs more than it saves.
+        if len(texts) < _POOL_MIN_TEXTS:
+            return [self._tokenizer.encode(text, add_special_tokens=False) for text in texts]
+        return self._tokenizer.encode_batch(texts, add_special_tokens=False)
 
     def seconds_per_char(self) -> float:
         """Time per character to tokenize a text that must be tokenized whole (the worst case), one thread."""

@@ -60,12 +60,15 @@ def request_body(row: dict[str, Any]) -> Any:
     return row.get("data") if body is None else body
 
 
-def tokenizer_threads(settings: Settings, workers: int) -> int:
-    """Threads for tokenizing a batch: this worker's share of the cores it may run on."""
+_MAX_AUTO_TOKENIZER_THREADS = 4
+
+
+def tokenizer_threads(settings: Settings) -> int:
+    """Threads for tokenizing a batch: the setting, else the cores this worker may run on, at most 4."""
     if settings.tokenizer_threads is not None:
         return settings.tokenizer_threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, workers))
+    return max(1, min(_MAX_AUTO_TOKENIZER_THREADS, cores))
 
 
 def configure_tokenizer_threads(threads: int) -> None:
@@ -90,7 +93,7 @@ class InstructorHandler(BaseHandler):
         yaml_config = context.model_yaml_config or {}
         self.settings = Settings.from_sources(yaml_config.get("handler"))
         device = select_device(properties.get("gpu_id"), torch.cuda.is_available())
-        threads = tokenizer_threads(self.settings, int(yaml_config.get("minWorkers") or 1))
+        threads = tokenizer_threads(self.settings)
         configure_tokenizer_threads(threads)
         model_dir = Path(properties["model_dir"]) / ARCHIVE_MODEL_SUBDIR
         log.info("settings: %s; tokenizer threads: %d", self.settings.as_dict(), threads)

@@ -545,6 +545,56 @@ def find_archive(store: Path, name: str) -> str | None:
     return None
 
 
+# Workers per GPU that "auto" starts at most. Measured on one H100 (large, benchmarks/NOTES.md): one worker's
+# Python path (parsing, tokenizing, TorchServe's protocol) cannot keep the GPU busy; four do.
+MAX_WORKERS_PER_GPU = 4
+# CPU cores one GPU worker keeps busy: its main thread plus its tokenizer threads at full load.
+CORES_PER_GPU_WORKER = 4
+
+
+def visible_gpus(env: Mapping[str, str] | None = None) -> int:
+    """GPUs TorchServe will use: CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists (0 without one)."""
+    env = os.environ if env is None else env
+    if "CUDA_VISIBLE_DEVICES" in env:
+        return len([d for d in env["CUDA_VISIBLE_DEVICES"].split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU ")) if out.returncode == 0 else 0
+
+
+def auto_workers(gpus: int | None = None, cores: int | None = None) -> int:
+    """Workers for "--workers auto": 1 on CPU (one worker uses every core); on GPUs, per GPU as many as the
+    cores feed (CORES_PER_GPU_WORKER each), 1 to MAX_WORKERS_PER_GPU. Each worker holds a model copy."""
+    gpus = visible_gpus() if gpus is None else gpus
+    if gpus <= 0:
+        return 1
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_gpu = max(1, min(MAX_WORKERS_PER_GPU, cores // (CORES_PER_GPU_WORKER * gpus)))
+    return gpus * per_gpu
+
+
+def worker_count(value: str | int) -> int:
+    """A --workers value: a count >= 0, or "auto" (auto_workers())."""
+    if isinstance(value, int):
+        return value
+    if value.strip().lower() == "auto":
+        return auto_workers()
+    try:
+        return int(value)
+    except ValueError:
+        raise CtlError(f"--workers must be a number or auto, not {value!r}.") from None
+
+
+def _workers_arg(value: str) -> int:
+    try:
+        return worker_count(value)
+    except CtlError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def register(registrar: Registrar, store: Path, name: str, workers: int = 1, *, timeout: float = 600.0,
              archive: str | None = None, batch_size: int | None = None, max_batch_delay: int | None = None,
              reregister: bool = False) -> dict[str, Any]:
@@ -1005,7 +1055,9 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     r.add_argument("--name", required=True, help="model name (the archive NAME/ or NAME.mar in the store)")
-    r.add_argument("--workers", type=int, default=1, help="exact number of workers" + d)
+    r.add_argument("--workers", type=_workers_arg, default=1,
+                   help="exact number of workers, or auto: 1 on CPU; on GPUs up to "
+                        f"{MAX_WORKERS_PER_GPU} per GPU, {CORES_PER_GPU_WORKER} CPU cores each" + d)
     r.add_argument("--batch-size", type=int, help="override the archive's batchSize (default: the archive's)")
     r.add_argument("--max-batch-delay", type=int, metavar="MS",
                    help="override the archive's maxBatchDelay in ms (default: the archive's)")

@@ -6,6 +6,7 @@ models; BERT WordPiece, from the demo model) against the library's own truncatio
 
 from __future__ import annotations
 
+import functools
 import random
 
 import pytest
@@ -23,14 +24,21 @@ def random_text(rng: random.Random, pieces: int) -> str:
     return "".join(rng.choice(PIECES) + (" " if rng.random() < 0.6 else "") for _ in range(pieces))
 
 
-def full_then_truncated(tokenizer_file, text: str, max_length: int) -> tuple[list[int], bool]:
-    """What Hugging Face truncation (1.0.1's way) gives: the whole text tokenized, then cut."""
-    whole = Tokenizer.from_file(str(tokenizer_file))
+@functools.cache
+def _reference_tokenizers(tokenizer_file: str, max_length: int) -> tuple[Tokenizer, Tokenizer]:
+    whole = Tokenizer.from_file(tokenizer_file)
     whole.no_padding()
     whole.no_truncation()
-    untruncated = whole.encode(text).ids
-    whole.enable_truncation(max_length, strategy="longest_first")
-    return whole.encode(text).ids, len(untruncated) > max_length
+    truncating = Tokenizer.from_file(tokenizer_file)
+    truncating.no_padding()
+    truncating.enable_truncation(max_length, strategy="longest_first")
+    return whole, truncating
+
+
+def full_then_truncated(tokenizer_file, text: str, max_length: int) -> tuple[list[int], bool]:
+    """What Hugging Face truncation (1.0.1's way) gives: the whole text tokenized, then cut."""
+    whole, truncating = _reference_tokenizers(str(tokenizer_file), max_length)
+    return truncating.encode(text).ids, len(whole.encode(text).ids) > max_length
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +69,10 @@ class CountingTokenizer:
     def encode_batch(self, texts, add_special_tokens=True):
         self.chars += sum(len(text) for text in texts)
         return self.inner.encode_batch(texts, add_special_tokens=add_special_tokens)
+
+    def encode(self, text, add_special_tokens=True):
+        self.chars += len(text)
+        return self.inner.encode(text, add_special_tokens=add_special_tokens)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
