@@ -8,10 +8,11 @@ usage() {
 Usage: benchmarks/run_gpu_suite.sh PHASE [--quick]
 
 PHASE
-  inprocess  the encoder core in-process (large: core vs InstructorEmbedding 1.0.1's encode; xl) and the
+  inprocess  the encoder core in-process (large: core vs InstructorEmbedding 1.0.1's encode) and the
              handler's per-pair breakdown (bench_handler)
-  served     large through TorchServe: the noop ceiling, the handler at 1, 2 and auto workers, the
-             baseline, then the 64-pair load with base64 responses
+  xl         the encoder core in-process, xl
+  served     large through TorchServe: the noop ceiling (1 and auto workers), the handler at 1, 2 and auto
+             workers, the baseline, then the 64-pair load with base64 responses
   twogpu     large through TorchServe on every visible GPU vs GPU 0 only, same loads, auto workers
   --quick    tiny workloads and the base shape, to check the script itself (on CPU too)
 
@@ -26,7 +27,7 @@ phase="${1:-}"
 quick=0
 [[ "${2:-}" == "--quick" ]] && quick=1
 case "$phase" in
-  inprocess|served|twogpu) ;;
+  inprocess|xl|served|twogpu) ;;
   -h|--help) usage; exit 0 ;;
   *) usage >&2; exit 2 ;;
 esac
@@ -52,7 +53,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
   "python", sys.version.split()[0], "cuda", torch.cuda.is_available())'
 
 shape=large; pairs=4096; base_pairs=1024; reps=3; lat=200; hb=20
-loads="1x1:6,256x1:8,512x1:8,16x64:8"; base_loads="1x1:5,64x1:6"; compare_loads="512x1:10,16x64:8"
+loads="1x1:5,256x1:6,512x1:6,16x64:6"; base_loads="1x1:4,64x1:5"; compare_loads="512x1:8,16x64:6"
 if [[ $quick == 1 ]]; then
   shape=base; pairs=64; base_pairs=16; reps=1; lat=3; hb=2
   loads="1x1:2,4x8:2"; base_loads="1x1:2"; compare_loads="4x1:2"
@@ -65,14 +66,16 @@ case "$phase" in
       --seed-repeats 1 --latency $lat --variants default,fused || echo "bench_inprocess $shape FAILED"
     finish
     "$py" -m benchmarks.bench_handler --shape "$shape" --repeats $hb || echo "bench_handler FAILED"
-    finish
-    if [[ $quick == 0 ]]; then
-      "$py" -m benchmarks.bench_inprocess --shape xl --pairs $pairs --seed-pairs 512 --repeats $reps \
-        --seed-repeats 1 --latency $lat || echo "bench_inprocess xl FAILED"
-    fi
+    ;;
+  xl)
+    "$py" -m benchmarks.bench_inprocess --shape xl --pairs $pairs --seed-pairs 512 --repeats $reps \
+      --seed-repeats 1 --latency $lat || echo "bench_inprocess xl FAILED"
     ;;
   served)
-    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets noop,core,baseline --workers 1,2,auto \
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets noop --workers 1,auto --loads "$loads" ||
+      echo "bench_torchserve noop FAILED"
+    finish
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core,baseline --workers 1,2,auto \
       --loads "$loads" --baseline-loads "$base_loads" || echo "bench_torchserve FAILED"
     finish
     "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "16x64:8" \

@@ -15,6 +15,7 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -152,28 +153,39 @@ class InstructorEncoder:
 
     # ---- encoding -----------------------------------------------------------------------------
 
-    def encode(self, pairs: Sequence[Pair], chunk_pairs: int = 1024) -> Embeddings:
+    def encode(self, pairs: Sequence[Pair], chunk_pairs: int = 2048) -> Embeddings:
         """Tokenize and embed; vectors come back in input order.
 
-        Pairs go in chunks: while the accelerator runs one chunk's micro-batches (queued asynchronously),
-        the CPU tokenizes the next. Raises NothingToEmbed for a pair whose instruction covers its whole text.
+        Large inputs go in chunks tokenized on a helper thread (the tokenizer releases the GIL) while this
+        thread queues the previous chunk's micro-batches on the accelerator, so neither waits for the other.
+        Raises NothingToEmbed for a pair whose instruction covers its whole text.
         """
         started = time.perf_counter()
         stats = EncodeStats(items=len(pairs))
         token_counts: list[int] = []
         truncated: list[bool] = []
         pending: list[tuple[list[int], torch.Tensor]] = []
-        with torch.inference_mode():
-            for offset in range(0, len(pairs), chunk_pairs):
-                items = self.tokenize(pairs[offset:offset + chunk_pairs])
-                empty = first_unpoolable(items)
-                if empty is not None:
-                    raise NothingToEmbed(unpoolable_message(offset + empty))
-                token_counts += [len(item.input_ids) for item in items]
-                truncated += [item.truncated for item in items]
-                for rows, vectors in self._launch(items, stats):
-                    pending.append(([offset + row for row in rows], vectors))
-            vectors = self._collect(pending, len(pairs))
+        offsets = list(range(0, len(pairs), chunk_pairs))
+        pool = ThreadPoolExecutor(max_workers=1) if len(offsets) > 1 else None
+        try:
+            if pool is None:
+                tokenized = iter([self.tokenize(pairs)])
+            else:
+                futures = [pool.submit(self.tokenize, pairs[offset:offset + chunk_pairs]) for offset in offsets]
+                tokenized = (future.result() for future in futures)
+            with torch.inference_mode():
+                for offset, items in zip(offsets, tokenized, strict=False):
+                    empty = first_unpoolable(items)
+                    if empty is not None:
+                        raise NothingToEmbed(unpoolable_message(offset + empty))
+                    token_counts += [len(item.input_ids) for item in items]
+                    truncated += [item.truncated for item in items]
+                    for rows, vectors in self._launch(items, stats):
+                        pending.append(([offset + row for row in rows], vectors))
+                vectors = self._collect(pending, len(pairs))
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
         stats.seconds = time.perf_counter() - started
         return Embeddings(vectors, token_counts, truncated, stats)
 

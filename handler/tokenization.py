@@ -12,8 +12,10 @@ do not, the prefix grows (by the characters per token seen so far) until they do
 text. ``tests/test_tokenization.py`` checks this against the full tokenization on real tokenizers and
 expansion-heavy Unicode.
 
-What stays unbounded is a text that yields few tokens per character (one 20,000-character word): its whole
-length must be tokenized to know its first tokens. ``seconds_per_char`` measures that worst case so the
+Texts of up to 4 characters per token of the limit are simply tokenized whole with the library's own
+truncation (one call for a whole batch); only longer ones go by prefixes. What stays unbounded is a text that
+yields few tokens per character (one 20,000-character word): its whole length must be tokenized to know its
+first tokens. ``seconds_per_char`` measures that worst case so the
 serving adapter can budget characters per dynamic batch.
 """
 
@@ -26,17 +28,18 @@ from pathlib import Path
 
 from tokenizers import Encoding, Tokenizer
 
-# The first prefix has one character per token of the limit (English averages ~4.5 per token: a second,
-# measured prefix then finishes it); starting small keeps expansion-heavy text (U+FDFA: 18 characters after
-# NFKC) from tokenizing thousands of tokens it does not need.
-_FIRST_CHARS_PER_TOKEN = 1
+# Texts up to this many characters per token of the limit are tokenized whole, in one call that truncates
+# as the library does (every workload text, and English up to ~2,000 characters); longer ones go by
+# prefixes, the first of this length, so expansion-heavy text (U+FDFA: 18 characters after NFKC) costs at
+# most this many characters' worth.
+_WHOLE_CHARS_PER_TOKEN = 4
 _MARGIN = 1.25  # the next prefix aims this much past the limit, at the characters per token seen so far
 _MIN_GROWTH, _MAX_GROWTH = 2, 16
 _POOL_MIN_TEXTS = 8
 # A text whose whole length must be tokenized costs the most per character when it is one long word of
 # punctuation, CJK characters, one letter or combining marks (measured on T5 Unigram and BERT WordPiece).
 _WORST_CASE_PROBE = " ".join(["." * 2000, "\u4e2d" * 2000, "x" * 2000, "e" + "\u0301" * 2000])
-# Growing prefixes re-tokenize the start of a text: at most ~1.45x its length in all.
+# Growing prefixes re-tokenize the start of a text: at most ~1.3x its length in all (x4 growth or more).
 PREFIX_ROUNDS_OVERHEAD = 1.5
 
 
@@ -44,22 +47,25 @@ class BoundedTokenizer:
     """One ``tokenizers.Tokenizer`` that never tokenizes more of a text than its first ``max_length`` tokens need."""
 
     def __init__(self, tokenizer_file: str | Path, max_length: int) -> None:
-        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        # tokenizer.json may carry padding/truncation presets; we pad and truncate ourselves.
-        self._tokenizer.no_padding()
-        self._tokenizer.no_truncation()
+        self._tokenizer = _load(tokenizer_file)  # no truncation: for prefixes
+        self._truncating = _load(tokenizer_file)  # Hugging Face truncation at max_length: for whole texts
+        self._truncating.enable_truncation(max_length, strategy="longest_first")
         self.max_length = max_length
         # Room for the text's own tokens once the post-processor's special tokens (</s>; [CLS] [SEP]) are added.
         self._content_limit = max(0, max_length - self._tokenizer.num_special_tokens_to_add(False))
+        self._whole_chars = max(16, self._content_limit * _WHOLE_CHARS_PER_TOKEN)
 
     def encode(self, texts: Sequence[str]) -> list[tuple[list[int], bool]]:
         """(token ids with special tokens, truncated?) per text, exactly as truncation at max_length gives them."""
         results: list[tuple[list[int], bool] | None] = [None] * len(texts)
-        window = {i: max(16, self._content_limit * _FIRST_CHARS_PER_TOKEN) for i in range(len(texts))}
+        short = [i for i, text in enumerate(texts) if len(text) <= self._whole_chars]
+        for i, encoding in zip(short, self._encode_many([texts[i] for i in short], whole=True), strict=True):
+            results[i] = encoding.ids, bool(encoding.overflowing)
+        window = {i: self._whole_chars for i, text in enumerate(texts) if len(text) > self._whole_chars}
         while window:
             prefixes = {i: _prefix(texts[i], chars) for i, chars in window.items()}
             order = list(prefixes)
-            encodings = self._encode_many([prefixes[i] for i in order])
+            encodings = self._encode_many([prefixes[i] for i in order], whole=False)
             next_window = {}
             for i, encoding in zip(order, encodings, strict=True):
                 whole = len(prefixes[i]) == len(texts[i])
@@ -72,12 +78,14 @@ class BoundedTokenizer:
             window = next_window
         return results  # type: ignore[return-value]  # every slot is filled once the loop ends
 
-    def _encode_many(self, texts: list[str]) -> list[Encoding]:
+    def _encode_many(self, texts: list[str], whole: bool) -> list[Encoding]:
+        """Whole texts: truncated, special tokens added; prefixes: neither (they are checked, then finished)."""
+        tokenizer = self._truncating if whole else self._tokenizer
         # encode_batch runs on the tokenizer's thread pool (when enabled): worth it for many texts; for a
         # few, waking the pool's threads costs more than it saves.
         if len(texts) < _POOL_MIN_TEXTS:
-            return [self._tokenizer.encode(text, add_special_tokens=False) for text in texts]
-        return self._tokenizer.encode_batch(texts, add_special_tokens=False)
+            return [tokenizer.encode(text, add_special_tokens=whole) for text in texts]
+        return tokenizer.encode_batch(texts, add_special_tokens=whole)
 
     def seconds_per_char(self) -> float:
         """Time per character to tokenize a text that must be tokenized whole (the worst case), one thread."""
@@ -90,6 +98,14 @@ class BoundedTokenizer:
         if truncated:
             encoding.truncate(self._content_limit)
         return self._tokenizer.post_process(encoding, None, True).ids, truncated
+
+
+def _load(tokenizer_file: str | Path) -> Tokenizer:
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    # tokenizer.json may carry padding/truncation presets; we pad ourselves and truncate as set here.
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
 
 
 def _prefix(text: str, chars: int) -> str:
