@@ -34,6 +34,7 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,6 +50,10 @@ _ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 def _bucket_rows(rows: int) -> int | None:
     return next((b for b in _ROW_BUCKETS if b >= rows), None)
+
+
+# _ROW_BUCKET_OF[r]: the row bucket of a micro-batch of r rows (r <= the largest bucket).
+_ROW_BUCKET_OF = np.array([0] + [_bucket_rows(r) for r in range(1, _ROW_BUCKETS[-1] + 1)])
 
 
 def _bucket_length(length: int) -> int:
@@ -233,6 +238,16 @@ class FastT5Encoder:
         if bucket_rows is None or bucket_rows * bucket_length > self.graph_max_tokens:
             return None
         return bucket_rows, bucket_length
+
+    def compute_slots(self, longest: int, rows: np.ndarray) -> np.ndarray:
+        """Token slots a micro-batch of ``rows`` x ``longest`` really computes: its graph bucket's, else its own."""
+        if not self.use_graphs or self.device.type != "cuda":
+            return longest * rows
+        bucket_length = _bucket_length(longest)
+        bucket_rows = _ROW_BUCKET_OF[np.minimum(rows, len(_ROW_BUCKET_OF) - 1)]
+        graphed = (rows <= self.graph_max_rows) & (rows < len(_ROW_BUCKET_OF)) & \
+            (bucket_rows * bucket_length <= self.graph_max_tokens)
+        return np.where(graphed, bucket_rows * bucket_length, longest * rows)
 
     def graph_shapes(self, max_length: int) -> list[tuple[int, int]]:
         """Every (rows, length) bucket a micro-batch of at most ``max_length`` tokens a row can use."""

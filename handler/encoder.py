@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from handler.acceleration import accelerate
-from handler.batching import plan_micro_batches
+from handler.batching import padded_slots, plan_micro_batches
 from handler.errors import InsufficientMemory, NothingToEmbed
 from handler.model_directory import ModelDirectory, load_dense_layers, read_model_directory
 from handler.settings import InstructionMode, Precision, Settings, SettingsError
@@ -203,8 +203,10 @@ class InstructorEncoder:
         if not items:
             return []
         lengths = [len(item.input_ids) for item in items]
+        # With CUDA graphs a micro-batch runs in its bucket's shape: the plan prices that padding too.
+        slots = self._accelerated.compute_slots if self._accelerated is not None else padded_slots
         plan = plan_micro_batches(lengths, self.settings.max_batch_tokens, self.settings.max_batch_rows,
-                                  _BATCH_OVERHEAD_TOKENS.get(self.device.type, 0))
+                                  _BATCH_OVERHEAD_TOKENS.get(self.device.type, 0), slots)
         pending: list[tuple[list[int], torch.Tensor]] = []
         for rows in plan:
             pending.extend(self._embed_rows([items[i] for i in rows], rows, stats))
