@@ -73,7 +73,7 @@ def test_no_tracked_file_names_a_path_of_the_machine_it_was_written_on():
     hits = []
     for name in tracked_files():
         path = REPO / name
-        if path.suffix in {".json", ".gz", ".mar"} or not path.is_file():
+        if name == "tests/test_docs.py" or path.suffix in {".json", ".gz", ".mar"} or not path.is_file():
             continue
         for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             if pattern.search(line):
