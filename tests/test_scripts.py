@@ -253,7 +253,7 @@ def test_a_t5_model_with_only_spiece_model_is_served_with_the_same_tokens_and_ve
     assert [e.ids for e in converted.encode_batch(texts)] == [e.ids for e in shipped.encode_batch(texts)]
 
     expected = reference_fixture["models"]["tiny-instructor-gated"]["encode"]["pairs"]
-    embeddable = [c for c in cases if any(expected[c["id"]]["vector"])]  # 1.0.1's zero rows embed nothing
+    embeddable = [c for c in cases if expected[c["id"]]["pooled_tokens"] > 0]  # the others are refused (422)
     served = InstructorEncoder(archive / "model", Settings(warmup=False))
     vectors = served.encode([(c["instruction"], c["text"]) for c in embeddable]).vectors
     assert np.abs(vectors - np.array([expected[c["id"]]["vector"] for c in embeddable])).max() <= 1e-5
@@ -441,29 +441,6 @@ def test_register_with_a_stale_key_file_explains_where_keys_live(demo_server: To
 
 
 @pytest.mark.torchserve
-def test_no_url_can_be_registered_only_names_from_the_store(demo_server: TorchServe, tmp_path):
-    outside = tmp_path / "evil.mar"
-    outside.write_bytes(b"PK")
-    for url in (f"file://{outside}", "http://127.0.0.1:9/evil.mar", f"file://{demo_server.model_store}/demo"):
-        resp = demo_server.call("POST", f"/models?url={url}", api="management")
-        assert resp.status == 404, resp
-        assert "does not match any allowed URL" in resp.body["message"]
-
-
-@pytest.mark.torchserve
-def test_a_worker_that_cannot_load_is_explained_and_cleaned_up(demo_server: TorchServe, tmp_path):
-    broken = tmp_path / "broken-model"
-    shutil.copytree(bma.locate_demo_model(), broken)
-    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    build_with_script(str(broken), "broken", demo_server.model_store)
-    proc = register_with_script(demo_server, "broken", "--timeout", "300", check=False)
-    assert proc.returncode == 1
-    assert "Failed to start workers" in proc.stderr
-    assert "model_log.log" in proc.stderr  # where to look, with the worker's error lines
-    assert demo_server.call("GET", "/models/broken", api="management").status == 404  # can simply retry
-
-
-@pytest.mark.torchserve
 def test_a_disabled_model_api_is_explained(tmp_path):
     store = tmp_path / "store"
     build_with_script("demo", "demo", store)
@@ -489,7 +466,7 @@ def _copy_repo(dest: Path) -> Path:
 
 @pytest.mark.torchserve
 @pytest.mark.slow
-def test_serve_sh_from_a_fresh_copy_prints_a_working_curl_and_stop_sh_ends_everything(tmp_path):
+def test_serve_sh_from_a_fresh_copy_prints_a_working_curl_and_comes_back_after_stop_sh(tmp_path):
     repo = _copy_repo(tmp_path / "repo")
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
@@ -520,14 +497,10 @@ def test_serve_sh_from_a_fresh_copy_prints_a_working_curl_and_stop_sh_ends_every
         assert again.returncode == 0, again.stdout + again.stderr
         assert "already running" in again.stdout and "already registered" in again.stderr
 
-        java_pid = int((tmpdir / ".model_server.pid").read_text())
-        workers = subprocess.run(["pgrep", "-P", str(java_pid)], capture_output=True, text=True).stdout.split()
-        assert workers, "no worker process under the TorchServe frontend"
+        # That every process ends is tested in tests/test_reliability.py; here: the keys go with the server.
         stop = subprocess.run([str(repo / "scripts" / "stop.sh")], env=scripts_env(env),
                               capture_output=True, text=True, timeout=120)
         assert stop.returncode == 0, stop.stderr
-        for pid in [java_pid, *map(int, workers)]:
-            assert not Path(f"/proc/{pid}").exists(), f"process {pid} survived stop.sh"
         assert not (repo / "key_file.json").exists()
         assert not (tmpdir / ".model_server.pid").exists()
 

@@ -7,8 +7,8 @@ usage() {
   cat <<'USAGE'
 Usage: tests/reference/build_reference.sh [--modern-python PY] [--venv DIR] [--fresh] [--out FILE]
 
-1. Creates the reference environment DIR (default: tests/reference/.venv-ref) with the pins of
-   shared/notes/instructor-reference.md: torch==2.13.0, InstructorEmbedding==1.0.1 and
+1. Creates the reference environment DIR (default: tests/reference/.venv-ref) with the reference stack:
+   torch==2.13.0, InstructorEmbedding==1.0.1 and
    sentence-transformers==2.2.2 (--no-deps), then transformers<5, huggingface_hub<0.26 and the
    packages ST 2.2.2 imports. An existing DIR built from the same pins is reused (--fresh rebuilds it).
 2. Builds the tiny models twice, with the modern stack (PY) and with the reference stack, checks that
