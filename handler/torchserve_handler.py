@@ -21,7 +21,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handler.encoder import InstructorEncoder, TokenizedPair
 from handler.errors import InputTooLong, InternalError, ServiceError
-from handler.request_parsing import parse_request
+from handler.protocols import ModelIdentity, Protocol, parse_body, protocol_of, render_error, render_response
 from handler.settings import Settings
 from handler.slots import RequestSlot
 from handler.ts_metrics import HandlerMetrics
@@ -52,6 +52,7 @@ class InstructorHandler(BaseHandler):
         self.encoder: InstructorEncoder | None = None
         self.settings = Settings()
         self.metrics: HandlerMetrics | None = None
+        self.model_identity = ModelIdentity(name="")
 
     def initialize(self, context: Any) -> None:
         properties = context.system_properties
@@ -64,6 +65,7 @@ class InstructorHandler(BaseHandler):
         if self.settings.warmup:
             log.info("warm-up took %.2f s", self.encoder.warmup())
         self.metrics = HandlerMetrics(context.metrics, context.model_name)
+        self.model_identity = ModelIdentity.from_context(context)
         self.context = context
         self.initialized = True
 
@@ -81,7 +83,7 @@ class InstructorHandler(BaseHandler):
         slots = []
         for index, row in enumerate(data):
             try:
-                slots.append(RequestSlot(request=parse_request(request_body(row), self.settings)))
+                slots.append(RequestSlot(request=parse_body(request_body(row), self.settings)))
             except ServiceError as error:
                 slots.append(RequestSlot(error=error))
             except Exception:
@@ -138,20 +140,24 @@ class InstructorHandler(BaseHandler):
         responses = []
         for index, slot in enumerate(slots):
             self.context.set_response_content_type(index, JSON)
+            protocol = protocol_of(slot.request, slot.error)  # KServe v1/v2 bodies get KServe's shapes
             if slot.error is not None or slot.vectors is None:
                 error = slot.error or self._internal_error(index)
-                responses.append(self._error_response(index, error))
+                responses.append(self._error_response(index, error, protocol))
+                continue
+            if protocol is not Protocol.NATIVE:
+                responses.append(render_response(slot.request, slot.vectors, self.model_identity))
                 continue
             payload = slot.vectors[0] if slot.request.single else slot.vectors
             responses.append(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY))
         return responses
 
-    def _error_response(self, index: int, error: ServiceError) -> bytes:
+    def _error_response(self, index: int, error: ServiceError, protocol: Protocol = Protocol.NATIVE) -> bytes:
         phrase = http.HTTPStatus(error.status).phrase
         self.context.set_response_status(error.status, phrase, idx=index)
         if self.metrics:
             self.metrics.record_error(error.type)
-        return orjson.dumps(error.to_body())
+        return render_error(error, protocol)
 
     def _internal_error(self, index: int) -> InternalError:
         return InternalError(
