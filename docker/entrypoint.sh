@@ -28,6 +28,9 @@ args=("$@")
 if [[ ! " ${args[*]} " =~ " --ts-config" ]]; then
   args+=(--ts-config /home/model-server/config.properties)
 fi
+if [[ -f /home/model-server/log4j2.xml && ! " ${args[*]} " =~ " --log-config" ]]; then
+  args+=(--log-config /home/model-server/log4j2.xml)  # the quiet logging of this project (no per-request echo)
+fi
 ts_config=""
 for i in "${!args[@]}"; do
   case "${args[$i]}" in

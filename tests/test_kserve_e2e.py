@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.kserve_support import free_layout_ports, layout_port_args, make_storage, serve_layout
-from tests.tiny_models import DENSE_OUT, build_tiny_models
+from tests.tiny_models import DENSE_OUT
 from tests.torchserve_harness import TorchServe, build_with_script
 
 pytestmark = pytest.mark.torchserve
@@ -26,10 +26,9 @@ V2 = f"/v2/models/{NAME}/infer"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    models = build_tiny_models(tmp_path_factory.mktemp("tiny"))
+def server(tmp_path_factory, tiny_models):
     store = tmp_path_factory.mktemp("store")
-    build_with_script(str(models[MODEL]), NAME, store, "--format", "mar", "--batch-size", "8",
+    build_with_script(str(tiny_models[MODEL]), NAME, store, "--format", "mar", "--batch-size", "8",
                       "--max-batch-delay", "20", "--max-pairs-per-request", "64")
     layout = tmp_path_factory.mktemp("kserve-storage")
     ports = free_layout_ports()
