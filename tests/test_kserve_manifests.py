@@ -131,6 +131,8 @@ def test_each_service_names_an_existing_runtime_of_its_format_and_protocol():
         runtime = runtimes[model["runtime"]]["spec"]
         assert model["modelFormat"]["name"] in [f["name"] for f in runtime["supportedModelFormats"]]
         assert model["protocolVersion"] in runtime["protocolVersions"]
+        # The wrapper reads PROTOCOL_VERSION; KServe sets it only for its stock TorchServe runtime.
+        assert {"name": "PROTOCOL_VERSION", "value": model["protocolVersion"]} in model["env"]
         assert model["storageUri"].split("://")[0] in ("gs", "s3", "pvc")
 
 

@@ -67,6 +67,19 @@ def wait_ready(management: str, model: str, timeout: float) -> None:
     raise SystemExit(f"measure_drain: {model} not READY within {timeout:.0f} s")
 
 
+def wait_wrapper(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=3) as resp:
+                if json.loads(resp.read()).get("ready"):
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"measure_drain: the KServe wrapper is not ready at {url} within {timeout:.0f} s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,6 +91,9 @@ def main() -> int:
     parser.add_argument("--routing-lag-s", type=float, default=1.0,
                         help="seconds new requests still arrive after SIGTERM" + d)
     parser.add_argument("--drain-delay-s", type=float, default=5.0, help="DRAIN_DELAY_S of the entry point" + d)
+    parser.add_argument("--kserve", action="store_true",
+                        help="start the entry point with --kserve and send to the KServe wrapper on :8080 "
+                             "(needs KSERVE_WRAPPER/KSERVE_PYTHON as in docker/entrypoint.sh)")
     parser.add_argument("--interval-s", type=float, default=0.05,
                         help="least time between two sends of one client (refused requests are not retried)" + d)
     args = parser.parse_args()
@@ -85,18 +101,22 @@ def main() -> int:
     props = read_properties(args.ts_config)
     if props.get("disable_token_authorization") != "true":
         parser.error("use a config with disable_token_authorization=true (make_storage.py's default)")
-    url = f"{props['inference_address']}/v1/models/{args.model}:predict"
+    base = "http://127.0.0.1:8080" if args.kserve else props["inference_address"]
+    url = f"{base}/v1/models/{args.model}:predict"
     body = json.dumps({"instances": [["Represent the document:", "word " * 40]]}).encode()
     workdir = Path(tempfile.mkdtemp(prefix="drain-"))
     (workdir / "tmp").mkdir()
     env = dict(os.environ, TMPDIR=str(workdir / "tmp"), LOG_LOCATION=str(workdir / "logs"),
                METRICS_LOCATION=str(workdir / "logs"), DRAIN_DELAY_S=str(args.drain_delay_s),
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    entry = subprocess.Popen([str(REPO / "docker" / "entrypoint.sh"), "--ts-config", str(args.ts_config),
+    mode = ["--kserve"] if args.kserve else []
+    entry = subprocess.Popen([str(REPO / "docker" / "entrypoint.sh"), *mode, "--ts-config", str(args.ts_config),
                               "--log-config", str(REPO / "config" / "log4j2.xml")],
                              cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(props["management_address"], args.model, 300)
+        if args.kserve:  # the wrapper opens its port once it has seen a READY worker
+            wait_wrapper(f"http://127.0.0.1:8080/v1/models/{args.model}", 300)
         records: list[tuple[float, str]] = []  # (send time, outcome)
         lock = threading.Lock()
         routing_switched = threading.Event()
@@ -130,6 +150,7 @@ def main() -> int:
             failures[outcome] = failures.get(outcome, 0) + 1
     after_sigterm = [r for r in records if r[0] >= sigterm_at]
     print(json.dumps({
+        "through": "kserve wrapper" if args.kserve else "torchserve",
         "clients": args.clients, "drain_delay_s": args.drain_delay_s, "routing_lag_s": args.routing_lag_s,
         "sent": len(records), "ok": sum(o == "200" for _, o in records), "lost": sum(failures.values()),
         "failures": failures, "sent_after_sigterm": len(after_sigterm),
