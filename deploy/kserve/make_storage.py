@@ -7,8 +7,8 @@
 
 Upload OUT to the bucket/volume an InferenceService's ``storageUri`` points at; KServe's storage initializer
 puts it at /mnt/models in the pod. The configuration is "production mode": the model is loaded at start-up
-from ``model_snapshot`` (name, archive, workers, batching), the model API is OFF (nothing can be registered,
-scaled or deleted at run time), environment variables cannot change the configuration (so a runtime's
+from ``model_snapshot`` (name, archive, workers, batching), the model API is OFF (nothing can be registered
+or unregistered at run time), environment variables cannot change the configuration (so a runtime's
 TS_SERVICE_ENVELOPE cannot switch an envelope on: the handler speaks KServe v1/v2 itself), and every
 TorchServe API listens on the pod's loopback only, except metrics for Prometheus.
 
@@ -89,7 +89,8 @@ grpc_management_port={args.grpc_management_port}
 # reachable only from inside the pod (loopback). --token-auth on keeps it (pods without the wrapper).
 disable_token_authorization={token_off}
 token_expiration_min=525600
-# Model API off: POST/PUT/DELETE /models answer 405; the snapshot below is the only way models load.
+# Model API off: POST /models and DELETE /models/<name> answer 405; the snapshot below is the only way
+# models load. (Scaling, PUT /models/<name>, is not covered by this switch: loopback only.)
 enable_model_api=false
 # TS_* environment variables are ignored: the runtime cannot switch an envelope on or rebind ports.
 enable_envvars_config=false
@@ -147,7 +148,7 @@ def build_layout(args: argparse.Namespace) -> Path:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="deploy/kserve/make_storage.py",
-        description=__doc__.split("\n\n", 1)[0] + "\n\n" + __doc__.split("\n\n", 1)[1].split("\n\n", 1)[0],
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  scripts/build_mar.sh --model hkunlp/instructor-large --format mar --store model_store\n"
                "  deploy/kserve/make_storage.py --archive model_store/instructor-large.mar --out kserve-storage\n"
