@@ -1,12 +1,13 @@
-"""In-process benchmark: the encoder core vs the seed method on the same pairs, in one run.
+"""In-process benchmark: the encoder core vs InstructorEmbedding 1.0.1's encode on the same pairs, in one run.
 
-Measures pairs/s and tokens/s of ``InstructorEncoder.encode`` (tokenization included) and of the seed method
-(benchmarks/seed_method.py: fp32, batches of 32 sorted by length, padded to the longest), the share of the
-bf16 arithmetic ceiling (CUDA), and the least cosine between the core's vectors and the seed's fp32 vectors.
-Core and seed repeats are interleaved so that a noisy machine slows both alike; figures are medians.
+Measures pairs/s and tokens/s of ``InstructorEncoder.encode`` (tokenization included) and of the baseline
+(benchmarks/baseline_encode.py: fp32, batches of 32 sorted by length, padded to the longest), the share of the
+bf16 arithmetic ceiling (CUDA), and the least cosine between the core's vectors and the baseline's fp32
+vectors. Core and baseline repeats are interleaved so that a noisy machine slows both alike; figures are
+medians. Result keys call the baseline "seed".
 
 Examples:
-  python -m benchmarks.bench_inprocess --shape base --device cpu --pairs 256            # fp32 defaults vs seed
+  python -m benchmarks.bench_inprocess --shape base --device cpu --pairs 256            # fp32 defaults vs baseline
   python -m benchmarks.bench_inprocess --shape base --device cpu --precision int8 --pairs 256
   python -m benchmarks.bench_inprocess --shape large --device cuda --variants hf,fused,default \\
       --planner 16384:128:512,65536:512:2048
@@ -18,6 +19,7 @@ import argparse
 import dataclasses
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,20 +29,18 @@ import numpy as np
 import torch
 
 from benchmarks import results
+from benchmarks.baseline_encode import BaselineEncoder
 from benchmarks.make_bench_model import SHAPES, make_model
-from benchmarks.seed_method import SeedEncoder
 from benchmarks.workload import check_lengths, make_pairs
-from handler import acceleration
 from handler import encoder as encoder_module
 from handler.encoder import InstructorEncoder
 from handler.settings import Settings
 
-# Named acceleration variants (CUDA only; on CPU every variant is the Hugging Face path).
-VARIANTS: dict[str, acceleration.AccelerationOptions] = {
-    "hf": acceleration.AccelerationOptions(enabled=False),
-    "fused": acceleration.AccelerationOptions(cuda_graphs=False),
-    "default": acceleration.AccelerationOptions(),
-    "compiled": acceleration.AccelerationOptions(cuda_graphs=False, compile=True),
+# Named acceleration variants: Settings fields (CUDA + bf16 only; on CPU every variant is the Hugging Face path).
+VARIANTS: dict[str, dict[str, bool]] = {
+    "hf": {"fast_forward": False},
+    "fused": {"cuda_graphs": False},
+    "default": {},
 }
 
 
@@ -77,7 +77,7 @@ class Measurement:
 
 
 HEADER = ["method", "precision", "pairs/s", "tokens/s", "% bf16 ceiling", "run s (min-max)", "padding",
-          "micro-batches", "min cos vs seed fp32", "setup s"]
+          "micro-batches", "min cos vs 1.0.1 fp32", "setup s"]
 
 
 def parse_planner(text: str) -> list[tuple[int, int, int]]:
@@ -104,17 +104,17 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="base", help="model shape (default: base)")
-    parser.add_argument("--model-dir", type=Path, help="model directory (default: /tmp/instructor-bench/SHAPE, "
+    parser.add_argument("--model-dir", type=Path, help="model directory (default: <temp dir>/instructor-bench/SHAPE, "
                                                        "written by make_bench_model if missing)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu or cuda[:N] (default: cuda if available)")
     parser.add_argument("--precision", default="auto", help="the core's precision setting (default: auto)")
     parser.add_argument("--pairs", type=int, help="pairs per encode call (default: 4096 on CUDA, 256 on CPU)")
-    parser.add_argument("--seed-pairs", type=int, help="pairs for the seed method (default: --pairs); the core's "
+    parser.add_argument("--seed-pairs", type=int, help="pairs for the baseline (default: --pairs); the core's "
                                                        "cosine is checked on these")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each method (default: 3)")
-    parser.add_argument("--seed-repeats", type=int, help="timed runs of the seed method (default: --repeats)")
-    parser.add_argument("--no-seed", action="store_true", help="skip the seed method")
+    parser.add_argument("--seed-repeats", type=int, help="timed runs of the baseline (default: --repeats)")
+    parser.add_argument("--no-seed", action="store_true", help="skip the baseline")
     parser.add_argument("--max-batch-tokens", type=int, help="headline setting (default: Settings default)")
     parser.add_argument("--max-batch-rows", type=int, help="headline setting (default: Settings default)")
     parser.add_argument("--overhead-tokens", type=int, help="planner per-batch overhead (default: the encoder's)")
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     n_seed = min(args.seed_pairs or n_pairs, n_pairs)
     seed_repeats = args.seed_repeats or args.repeats
     shape = SHAPES[args.shape]
-    model_dir = args.model_dir or Path("/tmp/instructor-bench") / args.shape
+    model_dir = args.model_dir or Path(tempfile.gettempdir()) / "instructor-bench" / args.shape
     if not (model_dir / "config.json").exists():
         print(f"writing {args.shape} model to {model_dir} ...", flush=True)
         make_model(args.shape, model_dir)
@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["max_batch_tokens"] = args.max_batch_tokens
     if args.max_batch_rows:
         overrides["max_batch_rows"] = args.max_batch_rows
-    settings = Settings.from_sources(overrides, environ={})
+    settings = Settings.from_sources({**overrides, **VARIANTS.get(args.variants.split(",")[0].strip(), {})},
+                                     environ={})
     if args.overhead_tokens is not None:
         encoder_module._BATCH_OVERHEAD_TOKENS[device.type] = args.overhead_tokens
     overhead = encoder_module._BATCH_OVERHEAD_TOKENS.get(device.type, 0)
@@ -164,7 +165,6 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize(device)
 
     # ---- the core, headline variant ---------------------------------------------------------
-    previous = acceleration.set_options(VARIANTS[variant_names[0]])
     setup, core = timed(lambda: InstructorEncoder(model_dir, settings, args.device))
     warm, _ = timed(core.warmup)
     core.encode(pairs)  # every micro-batch shape once: lazy kernels, cuBLAS heuristics, graphs
@@ -182,11 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     seed = None
     seed_vectors: np.ndarray | None = None
     if not args.no_seed:
-        seed_setup, seed = timed(lambda: SeedEncoder(model_dir, args.device))
+        seed_setup, seed = timed(lambda: BaselineEncoder(model_dir, args.device))
         seed.encode(pairs[:64])
         seed_tokens = sum(len(i.input_ids) for i in items[:n_seed])
         seed_flops = sum(len(i.input_ids) * shape.flops_per_token(len(i.input_ids)) for i in items[:n_seed])
-        seed_m = Measurement(f"seed method (batches of 32, {seed.attn_implementation} attention)", "float32", [],
+        seed_m = Measurement(f"InstructorEmbedding 1.0.1's encode (batches of 32, {seed.attn_implementation} "
+                             "attention)", "float32", [],
                              n_seed, seed_tokens, seed_flops, setup_seconds=seed_setup)
 
     core_vectors = None
@@ -236,34 +237,32 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(measure(f"core {variant_names[0]} ({tokens} tok, {max_rows} rows, overhead {batch_overhead})"))
     core.settings = base_settings
     encoder_module._BATCH_OVERHEAD_TOKENS[device.type] = overhead
-    headline_accelerated = core._accelerated
+    core = None  # one model copy at a time on the device
+    if on_cuda:
+        torch.cuda.empty_cache()
     for name in variant_names[1:]:
         started = time.perf_counter()
-        core._accelerated = None
-        sync()
         try:
-            core._accelerated = acceleration.accelerate(core._model, device, core.precision, VARIANTS[name])
-            if core._accelerated is not None:
-                core._accelerated.warmup(core.max_seq_length)
-            core.encode(pairs[:256])
-            sync()
+            core = InstructorEncoder(model_dir, dataclasses.replace(settings, **VARIANTS[name]), args.device)
+            core.warmup()
             m = measure(f"core {name}")
+            core = None
         except Exception as exc:  # one broken lever must not lose the other figures of the run
             print(f"  variant {name} failed: {exc!r}", flush=True)
             m = Measurement(f"core {name}: FAILED {type(exc).__name__}", precision, [float("inf")], n_pairs,
                             n_tokens, flops)
         m.setup_seconds = time.perf_counter() - started
         rows.append(m)
-    core._accelerated = headline_accelerated
-    acceleration.set_options(previous)
+        if on_cuda:
+            torch.cuda.empty_cache()
 
     # ---- report ------------------------------------------------------------------------------
     if seed_m is not None:
         rows.append(seed_m)
     table = results.markdown_table(HEADER, [m.row(on_cuda) for m in rows])
-    notes = [f"{n_pairs} pairs (seed: {n_seed}), {n_tokens} tokens, mean {n_tokens / n_pairs:.1f} tokens/pair; "
+    notes = [f"{n_pairs} pairs (baseline: {n_seed}), {n_tokens} tokens, mean {n_tokens / n_pairs:.1f} tokens/pair; "
              f"tokenization of all pairs alone: {tokenize_s:.3f} s; core setup (load + warm-up) "
-             f"{setup:.1f} + {warm:.1f} s; median of {args.repeats} runs (seed: {seed_repeats})."]
+             f"{setup:.1f} + {warm:.1f} s; median of {args.repeats} runs (baseline: {seed_repeats})."]
     if single_ms:
         single_ms.sort()
         notes.append(f"single-pair encode (c=1, {len(single_ms)} calls): p50 {statistics.median(single_ms):.2f} ms, "
@@ -271,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = None
     if seed_m is not None:
         ratio = headline.pairs_per_s / seed_m.pairs_per_s
-        notes.append(f"core / seed: {ratio:.2f}x")
+        notes.append(f"core / InstructorEmbedding 1.0.1's encode: {ratio:.2f}x")
     print()
     print(table)
     print("\n".join(notes))

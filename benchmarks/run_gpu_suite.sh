@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU benchmark suite, in two phases that run back to back on one warm device machine.
+# The GPU benchmark suite: the commands behind every GPU figure in benchmarks/RESULTS.md, in phases that each
+# fit a 10-minute run on one GPU host.
 set -euo pipefail
 
 usage() {
@@ -7,26 +8,18 @@ usage() {
 Usage: benchmarks/run_gpu_suite.sh PHASE [--quick]
 
 PHASE
-  inprocess   install the carried wheels (.whl/*.whl -> ~/tssite), write the random-weight models
-              (base, large, xl -> /tmp/instructor-bench), run bench_inprocess for large (acceleration
-              variants + planner settings), base and xl (each against the seed method)
-  torchserve  unpack the carried Java runtime (.jre/jre.tgz -> ~/jre) and run bench_torchserve for large
-              (the project's handler and the seed handler); needs the inprocess phase's ~/tssite and models
-  all         both (only where wheels and runtime fit in one call)
-  e2e         one call: unpack .tsbundle (benchmarks/ts_bundle.py pack) -> ~/tssite + ~/jre, write the large
-              model, time the handler in-process (with and without CPU contention), then TorchServe runs:
-              A default environment (diagnostics), B OMP_NUM_THREADS=1 (+ batched-tokenize variant),
-              C OMP_NUM_THREADS=1 with 2 workers
-  final       one short call: unpack .tsbundle, write the large model, one TorchServe run of the project's
-              handler (1 worker, OMP_NUM_THREADS=1, TOKENIZERS_PARALLELISM=false) at c=1, 64, 256
-  --quick     tiny workloads, to check the script itself (minutes -> seconds)
+  inprocess  the encoder core in-process (large: core vs InstructorEmbedding 1.0.1's encode) and the
+             handler's per-pair breakdown (bench_handler)
+  xl         the encoder core in-process, xl
+  served     large through TorchServe: the noop ceiling (1 and auto workers), the handler at 1, 2 and auto
+             workers, the baseline, then the 64-pair load with base64 responses
+  twogpu     large through TorchServe on every visible GPU vs GPU 0 only, same loads, auto workers
+  --quick    tiny workloads and the base shape, to check the script itself (on CPU too)
 
-Figures go to benchmarks/RESULTS.md and benchmarks/results.json, which are copied with the logs to $OUT
-(default: ./gpu-out) so they come back from the device machine. Environment: PYTHON (default python3),
-SUITE_SHAPES (default "large xl base"), SUITE_TS_SHAPE (default large): smaller shapes to test the script on CPU.
-Why two phases: the device call carries at most 64 MiB; the TorchServe wheel (42 MB) and a trimmed Java
-runtime (33 MB) do not fit together, and what a call leaves outside the repository survives while the
-machine stays warm (30 s).
+TorchServe and Java: from the running Python environment if it has them, else unpacked from .tsbundle
+(python -m benchmarks.ts_bundle pack, for GPU hosts without internet; see benchmarks/README.md).
+Figures go to benchmarks/RESULTS.md and benchmarks/results.json, copied with the log to $OUT
+(default: ./gpu-out). Environment: PYTHON (default python3).
 USAGE
 }
 
@@ -34,7 +27,7 @@ phase="${1:-}"
 quick=0
 [[ "${2:-}" == "--quick" ]] && quick=1
 case "$phase" in
-  inprocess|torchserve|all|e2e|final) ;;
+  inprocess|xl|served|twogpu) ;;
   -h|--help) usage; exit 0 ;;
   *) usage >&2; exit 2 ;;
 esac
@@ -44,124 +37,52 @@ cd "$repo"
 out="${OUT:-$repo/gpu-out}"
 mkdir -p "$out"
 py="${PYTHON:-python3}"
-site="$HOME/tssite"
-export PYTHONPATH="$repo:$site${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true HF_HUB_OFFLINE=1
-log="$out/suite-$phase.log"
-exec > >(tee -a "$log") 2>&1
-
-finish() {
-  cp benchmarks/RESULTS.md benchmarks/results.json "$out/" 2>/dev/null || true
-}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=true
+exec > >(tee -a "$out/suite-$phase.log") 2>&1
+finish() { cp benchmarks/RESULTS.md benchmarks/results.json "$out/" 2>/dev/null || true; }
 trap finish EXIT
 
-echo "== $(date -u +%FT%TZ) phase $phase on $(hostname)"
+if ! "$py" -c 'import ts' 2>/dev/null; then
+  [[ -d .tsbundle ]] || { echo "no TorchServe in $py and no .tsbundle: see benchmarks/README.md" >&2; exit 1; }
+  "$py" -m benchmarks.ts_bundle unpack --bundle .tsbundle --home "$HOME"
+  export PYTHONPATH="$HOME/tssite${PYTHONPATH:+:$PYTHONPATH}" JAVA_HOME="$HOME/jre" PATH="$HOME/jre/bin:$PATH"
+fi
+echo "== $(date -u +%FT%TZ) phase $phase on $(hostname), $(nproc) CPUs"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$py" -c 'import torch, transformers, sys; print("torch", torch.__version__, "transformers", transformers.__version__,
   "python", sys.version.split()[0], "cuda", torch.cuda.is_available())'
 
-shapes="${SUITE_SHAPES:-large xl base}"
-gen=cpu
-"$py" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' && gen=cuda
-ts_shape="${SUITE_TS_SHAPE:-large}"
+shape=large; pairs=4096; base_pairs=1024; reps=3; lat=200; hb=20
+loads="1x1:5,256x1:6,512x1:6,16x64:6"; base_loads="1x1:4,64x1:5"; compare_loads="512x1:8,16x64:6"
 if [[ $quick == 1 ]]; then
-  pairs=256; seed_pairs=128; reps=1; lat=5
-else
-  pairs=4096; seed_pairs=4096; reps=3; lat=200
+  shape=base; pairs=64; base_pairs=16; reps=1; lat=3; hb=2
+  loads="1x1:2,4x8:2"; base_loads="1x1:2"; compare_loads="4x1:2"
 fi
+common=(--shape "$shape" --batch-size 128 --max-batch-delay 2 --warmup 2)
 
-if [[ "$phase" == inprocess || "$phase" == all ]]; then
-  if compgen -G ".whl/*.whl" > /dev/null; then
-    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
-    echo "installed $(ls .whl | tr '\n' ' ') into $site"
-  fi
-  for shape in $shapes; do
-    [[ -f /tmp/instructor-bench/$shape/config.json ]] ||
-      "$py" -m benchmarks.make_bench_model --shape "$shape" --out "/tmp/instructor-bench/$shape" --device "$gen"
-  done
-  for shape in $shapes; do
-    case "$shape" in
-      # large: the acceleration levers one by one, then planner settings with the default variant.
-      large) extra=(--variants default,hf,fused,compiled
-                    --planner 16384:128:128,16384:128:2048,32768:256:1024,65536:512:2048,8192:64:256) ;;
-      base) extra=(--variants default,hf --planner 32768:256:1024,65536:512:2048) ;;
-      xl) extra=(--seed-pairs $((seed_pairs / 4)) --variants default,hf --planner 32768:256:1024) ;;
-    esac
-    "$py" -m benchmarks.bench_inprocess --shape "$shape" --pairs $pairs --seed-pairs $seed_pairs --repeats $reps \
-      --seed-repeats 1 --latency $lat "${extra[@]}" || echo "bench_inprocess $shape FAILED"
-    finish  # copy figures after each shape: a run stopped at the time limit still returns what it measured
-  done
-fi
-
-if [[ "$phase" == torchserve || "$phase" == all ]]; then
-  if [[ ! -d "$site/ts" ]]; then
-    echo "no TorchServe in $site: run the inprocess phase (carrying .whl) on this machine first" >&2
-    exit 1
-  fi
-  if [[ ! -x "$HOME/jre/bin/java" ]]; then
-    tar xzf .jre/jre.tgz -C "$HOME"
-  fi
-  export JAVA_HOME="$HOME/jre" PATH="$HOME/jre/bin:$site/bin:$PATH"
-  java -version 2>&1 | head -1
-  if [[ $quick == 1 ]]; then
-    loads="1x1:3,64x1:3"; seed_loads="1x1:3"; bt_loads="64x1:3"
-  else
-    loads="1x1:8,64x1:8,256x1:10,16x32:8"; seed_loads="1x1:6,64x1:8"; bt_loads="64x1:8,256x1:10"
-  fi
-  workdir="$(mktemp -d /tmp/ts-bench-XXXX)"
-  set +e
-  "$py" -m benchmarks.bench_torchserve --shape "$ts_shape" --targets core,core-bt,seed --loads "$loads" \
-    --seed-loads "$seed_loads" --target-loads "core-bt=$bt_loads" --batch-size 128 --max-batch-delay 2 \
-    --processes 8 --workdir "$workdir"
-  rc=$?
-  set -e
-  cp "$workdir/logs/model_log.log" "$workdir/logs/ts_log.log" "$out/" 2>/dev/null || true
-  exit $rc
-fi
-
-if [[ "$phase" == e2e ]]; then
-  "$py" -m benchmarks.ts_bundle unpack --bundle .tsbundle --home "$HOME"
-  export JAVA_HOME="$HOME/jre" PATH="$HOME/jre/bin:$site/bin:$PATH"
-  [[ -f /tmp/instructor-bench/$ts_shape/config.json ]] ||
-    "$py" -m benchmarks.make_bench_model --shape "$ts_shape" --out "/tmp/instructor-bench/$ts_shape" --device "$gen"
-  if [[ $quick == 1 ]]; then
-    hb=(--requests 16 --batches 3); la="1x1:3"; lb="1x1:3,64x1:3"; lbt="64x1:3"; lc="64x1:3"
-  else
-    hb=(--requests 128 --batches 15); la="1x1:5,256x1:8"; lb="1x1:8,64x1:8,256x1:10,16x32:8"
-    lbt="64x1:8,256x1:8"; lc="1x1:6,64x1:8,256x1:10,16x32:8"
-  fi
-  "$py" -m benchmarks.bench_handler --shape "$ts_shape" "${hb[@]}" --busy 0,8 || echo "bench_handler FAILED"
-  finish
-  common=(--shape "$ts_shape" --batch-size 128 --max-batch-delay 2 --processes 8)
-  run_ts() {  # LABEL ARGS...
-    local label="$1" workdir rc
-    shift
-    workdir="$(mktemp -d /tmp/ts-bench-XXXX)"
-    echo "== TorchServe run $label: $*"
-    "$py" -m benchmarks.bench_torchserve "${common[@]}" --workdir "$workdir" "$@" && rc=0 || rc=$?
-    cp "$workdir/logs/ts_log.log" "$out/ts_log_$label.log" 2>/dev/null || true
+case "$phase" in
+  inprocess)
+    "$py" -m benchmarks.bench_inprocess --shape "$shape" --pairs $pairs --seed-pairs $base_pairs --repeats $reps \
+      --seed-repeats 1 --latency $lat --variants default,fused || echo "bench_inprocess $shape FAILED"
     finish
-    return $rc
-  }
-  run_ts A --key-suffix _envdefault --targets core --loads "$la" || echo "run A FAILED"
-  run_ts B --worker-env OMP_NUM_THREADS=1 --targets core,core-bt --loads "$lb" --target-loads "core-bt=$lbt" ||
-    echo "run B FAILED"
-  run_ts C --key-suffix _2workers --worker-env OMP_NUM_THREADS=1 --workers 2 --targets core --loads "$lc" ||
-    echo "run C FAILED"
-fi
-
-if [[ "$phase" == final ]]; then
-  "$py" -m benchmarks.ts_bundle unpack --bundle .tsbundle --home "$HOME"
-  export JAVA_HOME="$HOME/jre" PATH="$HOME/jre/bin:$site/bin:$PATH"
-  [[ -f /tmp/instructor-bench/$ts_shape/config.json ]] ||
-    "$py" -m benchmarks.make_bench_model --shape "$ts_shape" --out "/tmp/instructor-bench/$ts_shape" --device "$gen"
-  loads="1x1:4,64x1:5,256x1:6"
-  [[ $quick == 1 ]] && loads="1x1:2,64x1:2"
-  workdir="$(mktemp -d /tmp/ts-bench-XXXX)"
-  # Single-pair requests: tokenizing one text through the rayon pool costs thread wake-ups on this VM, and a
-  # GPU worker needs no intra-op CPU threads.
-  "$py" -m benchmarks.bench_torchserve --shape "$ts_shape" --batch-size 128 --max-batch-delay 2 --processes 8 \
-    --warmup 1 --workdir "$workdir" --worker-env OMP_NUM_THREADS=1 --worker-env TOKENIZERS_PARALLELISM=false \
-    --targets core --loads "$loads" || echo "bench_torchserve FAILED"
-  cp "$workdir/logs/ts_log.log" "$out/ts_log_final.log" 2>/dev/null || true
-fi
+    "$py" -m benchmarks.bench_handler --shape "$shape" --repeats $hb || echo "bench_handler FAILED"
+    ;;
+  xl)
+    "$py" -m benchmarks.bench_inprocess --shape xl --pairs $pairs --seed-pairs 512 --repeats $reps \
+      --seed-repeats 1 --latency $lat || echo "bench_inprocess xl FAILED"
+    ;;
+  served)
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets noop --workers 1,auto --loads "$loads" ||
+      echo "bench_torchserve noop FAILED"
+    finish
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core,baseline --workers 1,2,auto \
+      --loads "$loads" --baseline-loads "$base_loads" || echo "bench_torchserve FAILED"
+    finish
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "16x64:8" \
+      --encoding base64 --key-suffix _base64 || echo "bench_torchserve base64 FAILED"
+    ;;
+  twogpu)
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets noop,core --workers auto --compare-gpus \
+      --loads "$compare_loads" || echo "bench_torchserve --compare-gpus FAILED"
+    ;;
+esac

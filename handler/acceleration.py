@@ -12,16 +12,17 @@ with fewer and larger kernels per layer:
 - the T5 RMS norm through the fused ``F.rms_norm`` kernel (fp32 statistics, as T5LayerNorm);
 - CUDA graphs for every micro-batch up to 128 rows and 8192 padded tokens (rows and length rounded up to
   ~150 buckets, all captured at warm-up): one launch instead of ~200. This is the single-request (c=1)
-  latency path, and in a server it is what keeps dynamic batches fast: on the H100 machines the ~200
-  launches of an eager micro-batch ran 5-10x slower than its GPU work (benchmarks/NOTES.md);
-- optionally ``torch.compile`` of the layer function (dynamic shapes; off: measured 12% slower).
+  latency path, and in a server it is what keeps dynamic batches fast: on the H100 hosts measured, the ~200
+  launches of an eager micro-batch ran 5-10x slower than its GPU work (benchmarks/NOTES.md).
+  ``torch.compile`` of the layer was measured 12% slower than this eager layer and is not offered.
 
 Both guards fall back instead of failing: a forward that errs or differs from Hugging Face's on a probe batch
 at load leaves the Hugging Face path in place; a graph capture that fails or replays differently turns graphs
 off. Each fallback is logged.
 
 Only CUDA + bfloat16 is accelerated: on CPU, and for float32/int8, ``accelerate`` returns None and the encoder
-keeps the exact Hugging Face path, so CPU results and float32 exactness do not change.
+keeps the exact Hugging Face path, so CPU results and float32 exactness do not change. The switches are the
+``fast_forward``, ``cuda_graphs``, ``graph_max_rows`` and ``graph_max_tokens`` fields of ``Settings``.
 bf16 results differ from the Hugging Face bf16 forward by rounding only (fp32 accumulation in the fused
 products; see benchmarks: min cosine vs the fp32 reference >= 0.999).
 """
@@ -31,32 +32,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from handler.settings import Precision
+from handler.settings import Precision, Settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class AccelerationOptions:
-    """Process-wide switches; benchmarks change them with ``set_options`` to measure each lever."""
-
-    enabled: bool = True
-    cuda_graphs: bool = True
-    # A micro-batch runs as a CUDA graph when rows <= graph_max_rows and rows x length (both rounded up to
-    # their buckets) <= graph_max_tokens. Measured on the H100 machines (benchmarks/NOTES.md): a server's
-    # dynamic batches of 30-130 pairs split into micro-batches of a few thousand tokens whose ~200 kernel
-    # launches each ran 5-10x slower than their GPU work while the rest of the machine was idle; one graph
-    # launch per micro-batch removes that. Above the limit the GPU work hides the launches (bulk encodes)
-    # and padding to a bucket would only waste compute.
-    graph_max_rows: int = 128
-    graph_max_tokens: int = 8192
-    compile: bool = False
 
 
 # Bucket edges: every shape a micro-batch can take maps to one of ~150 captured graphs. Rows: powers of two
@@ -73,40 +56,22 @@ def _bucket_length(length: int) -> int:
     return -(-length // step) * step
 
 
-_options = AccelerationOptions()
 # Relative error allowed between the fast and the Hugging Face forward on the probe batch: bf16 rounding through
 # 24 layers stays near 1e-2; a wrong mask, scale or weight layout gives errors of order 1.
 _SELF_CHECK_TOLERANCE = 0.1
 
 
-def set_options(options: AccelerationOptions) -> AccelerationOptions:
-    """Replace the process-wide options (applies to encoders created afterwards); returns the previous ones."""
-    global _options
-    previous, _options = _options, options
-    return previous
-
-
-def get_options() -> AccelerationOptions:
-    return _options
-
-
 def accelerate(model: torch.nn.Module, device: torch.device, precision: Precision,
-               options: AccelerationOptions | None = None, force: bool = False) -> FastT5Encoder | None:
-    """A fast forward for ``model`` on ``device``, or None where the Hugging Face forward must stay.
-
-    ``force`` skips the CUDA/bf16 guard (for tests that check the function on CPU in float32).
-    """
-    opts = options or _options
-    if not opts.enabled:
-        return None
-    if not force and (device.type != "cuda" or precision is not Precision.BFLOAT16):
+               settings: Settings) -> FastT5Encoder | None:
+    """A fast forward for ``model`` on ``device``, or None where the Hugging Face forward must stay."""
+    if not settings.fast_forward or device.type != "cuda" or precision is not Precision.BFLOAT16:
         return None
     reason = unsupported_reason(model)
     if reason:
         log.info("fast T5 forward not used: %s", reason)
         return None
     try:
-        fast = FastT5Encoder(model, opts)
+        fast = FastT5Encoder(model, settings)
         error = fast.self_check(model)
     except Exception as exc:  # a kernel this driver/torch lacks must not take the server down
         log.warning("fast T5 forward not used: it failed on a probe batch (%r)", exc, exc_info=True)
@@ -160,9 +125,11 @@ class FastT5Encoder:
     (enqueue the work that reads it) before calling again. Not thread-safe, like the encoder core.
     """
 
-    def __init__(self, model: torch.nn.Module, options: AccelerationOptions) -> None:
+    def __init__(self, model: torch.nn.Module, settings: Settings) -> None:
         config = model.config
-        self.options = options
+        self.use_graphs = settings.cuda_graphs
+        self.graph_max_rows = settings.graph_max_rows
+        self.graph_max_tokens = settings.graph_max_tokens
         self.num_heads = int(config.num_heads)
         self.d_kv = int(config.d_kv)
         self.d_model = int(config.d_model)
@@ -176,9 +143,6 @@ class FastT5Encoder:
         self.layers = [self._fuse(block) for block in encoder.block]
         self._relu_bias = torch.zeros(int(config.d_ff), dtype=self.dtype, device=self.device)
         self._mask_min = torch.tensor(torch.finfo(self.dtype).min, dtype=self.dtype, device=self.device)
-        self._layer_fn: Callable[..., None] = _layer
-        if options.compile:
-            self._layer_fn = torch.compile(_layer, dynamic=True)
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._graph_pool: Any = None
         self.graph_seconds = 0.0
@@ -226,7 +190,7 @@ class FastT5Encoder:
                 entry = self._capture(key)
             except Exception as exc:  # a capture failure costs speed, never the request
                 log.warning("CUDA graph capture of %s failed (%r); running without graphs", key, exc)
-                self.options = dataclasses.replace(self.options, cuda_graphs=False)
+                self.use_graphs = False
                 return self.forward(input_ids, attention_mask)
         entry.input_ids.zero_()
         entry.attention.zero_()
@@ -241,7 +205,7 @@ class FastT5Encoder:
         x = F.embedding(input_ids, self.embedding).view(rows * length, self.d_model)
         bias = self._attention_bias(attention_mask, length)
         for layer in self.layers:
-            self._layer_fn(x, bias, layer, rows, length, self.num_heads, self.d_kv, self.eps, self._relu_bias)
+            _layer(x, bias, layer, rows, length, self.num_heads, self.d_kv, self.eps, self._relu_bias)
         return F.rms_norm(x, (self.d_model,), self.final_ln, self.eps).view(rows, length, self.d_model)
 
     def _attention_bias(self, attention_mask: torch.Tensor, length: int) -> torch.Tensor:
@@ -262,12 +226,11 @@ class FastT5Encoder:
     # ---- CUDA graphs --------------------------------------------------------------------------
 
     def _graph_key(self, rows: int, length: int) -> tuple[int, int] | None:
-        opts = self.options
-        if not opts.cuda_graphs or self.device.type != "cuda" or rows > opts.graph_max_rows:
+        if not self.use_graphs or self.device.type != "cuda" or rows > self.graph_max_rows:
             return None
         bucket_rows = _bucket_rows(rows)
         bucket_length = _bucket_length(length)
-        if bucket_rows is None or bucket_rows * bucket_length > opts.graph_max_tokens:
+        if bucket_rows is None or bucket_rows * bucket_length > self.graph_max_tokens:
             return None
         return bucket_rows, bucket_length
 
@@ -278,29 +241,29 @@ class FastT5Encoder:
 
     def warmup(self, max_length: int) -> float:
         """Capture every graph shape up front (so no request pays for a capture); returns seconds."""
-        if not self.options.cuda_graphs or self.device.type != "cuda":
+        if not self.use_graphs or self.device.type != "cuda":
             return 0.0
         started = time.perf_counter()
         with torch.inference_mode():
             for key in self.graph_shapes(max_length):
-                if key not in self._graphs and self.options.cuda_graphs:
+                if key not in self._graphs and self.use_graphs:
                     try:
                         self._capture(key)
                     except Exception as exc:
                         log.warning("CUDA graph capture of %s failed (%r); running without graphs", key, exc)
-                        self.options = dataclasses.replace(self.options, cuda_graphs=False)
+                        self.use_graphs = False
             error = self._graph_check()
             if error > _SELF_CHECK_TOLERANCE:
                 log.warning("CUDA graphs differ from the plain forward by %.3g (relative); running without "
                             "graphs", error)
-                self.options = dataclasses.replace(self.options, cuda_graphs=False)
+                self.use_graphs = False
         torch.cuda.synchronize(self.device)
         log.info("captured %d CUDA graphs in %.1f s", len(self._graphs), time.perf_counter() - started)
         return time.perf_counter() - started
 
     def _graph_check(self) -> float:
         """Relative difference between a graph replay and the plain forward on a padded probe (real tokens)."""
-        if not self.options.cuda_graphs:
+        if not self.use_graphs:
             return 0.0
         generator = torch.Generator().manual_seed(1)
         input_ids = torch.randint(2, self.embedding.shape[0], (3, 37), generator=generator).to(self.device)

@@ -15,17 +15,18 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer
 
 from handler.acceleration import accelerate
 from handler.batching import plan_micro_batches
-from handler.errors import InsufficientMemory
+from handler.errors import InsufficientMemory, NothingToEmbed
 from handler.model_directory import ModelDirectory, load_dense_layers, read_model_directory
 from handler.settings import InstructionMode, Precision, Settings, SettingsError
+from handler.tokenization import BoundedTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +38,16 @@ _BATCH_OVERHEAD_TOKENS = {"cuda": 512, "cpu": 32}
 
 @dataclasses.dataclass(frozen=True)
 class TokenizedPair:
-    """One pair after tokenization: what the encoder will see and what the client is told."""
+    """One pair after tokenization: what the encoder will see."""
 
     input_ids: list[int]  # after truncation to max_seq_length, special tokens included
     pool_start: int  # k: positions before this one are excluded from pooling
-    n_tokens: int  # before truncation, special tokens included
+    truncated: bool  # the pair had more than max_seq_length tokens
 
     @property
-    def truncated(self) -> bool:
-        return self.n_tokens > len(self.input_ids)
+    def pooled_tokens(self) -> int:
+        """Positions the vector is averaged over; 0 when the instruction covers the whole joined text."""
+        return len(self.input_ids) - self.pool_start
 
 
 @dataclasses.dataclass
@@ -67,7 +69,7 @@ class EncodeStats:
 @dataclasses.dataclass(frozen=True)
 class Embeddings:
     vectors: np.ndarray  # float32, shape (n, dimension), input order
-    token_counts: list[int]
+    token_counts: list[int]  # tokens embedded per pair (after truncation, special tokens included)
     truncated: list[bool]
     stats: EncodeStats
 
@@ -88,23 +90,17 @@ class InstructorEncoder:
                  device: str | torch.device = "cpu") -> None:
         self.settings = settings or Settings()
         self.device = torch.device(device)
-        # Importing TorchServe's BaseHandler switches float32 matmuls to TF32 on Ampere+ GPUs
-        # (set_float32_matmul_precision("high")), which breaks the 1e-5 bound of precision float32
-        # and perturbs the float32 Dense head; restore true float32 (bf16 matmuls are unaffected).
-        torch.set_float32_matmul_precision("highest")
         self.files: ModelDirectory = read_model_directory(model_dir)
         self.precision = resolve_precision(self.settings.precision, self.device)
         self.mode = self._resolve_mode(self.settings.instruction_mode)
         self.max_seq_length = self.settings.max_seq_length or self.files.max_seq_length or 512
         self.settings.check_fits(self.max_seq_length)  # the model's own value may exceed the budget
-        self._tokenizer = _load_tokenizer(self.files.tokenizer_file)
-        self._truncating_tokenizer = _load_tokenizer(self.files.tokenizer_file)
-        self._truncating_tokenizer.enable_truncation(self.max_seq_length, strategy="longest_first")
+        self._tokenizer = BoundedTokenizer(self.files.tokenizer_file, self.max_seq_length)
         self._instruction_lengths: dict[str, int] = {}
 
         started = time.perf_counter()
         self._model, self.pad_token_id = _load_transformer(self.files, self.precision, self.device)
-        self._accelerated = accelerate(self._model, self.device, self.precision)  # None: CPU, fp32, int8
+        self._accelerated = accelerate(self._model, self.device, self.precision, self.settings)  # None: CPU, fp32, int8
         self._dense = torch.nn.Sequential(*load_dense_layers(self.files)).to(self.device).eval()
         self.dimension = self._infer_dimension()
         log.info(
@@ -116,23 +112,22 @@ class InstructorEncoder:
     # ---- tokenization -------------------------------------------------------------------------
 
     def tokenize(self, pairs: Sequence[Pair]) -> list[TokenizedPair]:
-        """Join and tokenize pairs exactly like 1.0.1 (or as a sentence-transformers prompt)."""
+        """Join and tokenize pairs exactly like 1.0.1 (or as a sentence-transformers prompt).
+
+        Each joined text is tokenized once, and never further than its first max_seq_length tokens
+        (handler/tokenization.py), so the cost of a pair is bounded whatever its length in characters.
+        """
         joined = [self._join(instruction, text) for instruction, text in pairs]
-        encodings = self._tokenizer.encode_batch(joined, add_special_tokens=True)
-        ids = [encoding.ids for encoding in encodings]
-        counts = [len(row) for row in ids]
-        too_long = [i for i, n in enumerate(counts) if n > self.max_seq_length]
-        if too_long:
-            # Re-encode only the long ones with the library's own truncation, so the kept tokens and
-            # special-token placement are exactly what Hugging Face truncation gives.
-            truncated = self._truncating_tokenizer.encode_batch([joined[i] for i in too_long])
-            for i, encoding in zip(too_long, truncated, strict=True):
-                ids[i] = encoding.ids
+        encoded = self._tokenizer.encode(joined)
         if self.mode is InstructionMode.INSTRUCTOR:
             starts = self._pool_starts([instruction for instruction, _ in pairs])
         else:
             starts = [0] * len(pairs)
-        return [TokenizedPair(row, start, n) for row, start, n in zip(ids, starts, counts, strict=True)]
+        return [TokenizedPair(ids, start, truncated) for (ids, truncated), start in zip(encoded, starts, strict=True)]
+
+    def tokenizer_seconds_per_char(self) -> float:
+        """Worst-case tokenization time per character (a text that must be tokenized whole), one thread."""
+        return self._tokenizer.seconds_per_char()
 
     def _join(self, instruction: str, text: str) -> str:
         if self.mode is InstructionMode.INSTRUCTOR:
@@ -147,43 +142,81 @@ class InstructorEncoder:
         if missing:
             if len(self._instruction_lengths) + len(missing) > _INSTRUCTION_CACHE_SIZE:
                 self._instruction_lengths.clear()  # bounded memory under many distinct instructions
-            encodings = self._tokenizer.encode_batch(missing, add_special_tokens=True)
-            for text, encoding in zip(missing, encodings, strict=True):
-                self._instruction_lengths[text] = len(encoding.ids)
+            for text, (ids, _) in zip(missing, self._tokenizer.encode(missing), strict=True):
+                self._instruction_lengths[text] = len(ids)
         starts = []
         for text in cleaned:
             # 1.0.1 tokenizes the instruction with the same truncation, then drops the </s>.
-            k = min(self._instruction_lengths[text], self.max_seq_length) - 1 if text else 0
+            k = self._instruction_lengths[text] - 1 if text else 0
             starts.append(0 if k <= 1 else k)
         return starts
 
     # ---- encoding -----------------------------------------------------------------------------
 
-    def encode(self, pairs: Sequence[Pair]) -> Embeddings:
-        """Tokenize and embed; vectors come back in input order."""
-        items = self.tokenize(pairs)
-        vectors, stats = self.embed(items)
-        return Embeddings(vectors, [i.n_tokens for i in items], [i.truncated for i in items], stats)
+    def encode(self, pairs: Sequence[Pair], chunk_pairs: int = 2048) -> Embeddings:
+        """Tokenize and embed; vectors come back in input order.
+
+        Large inputs go in chunks tokenized on a helper thread (the tokenizer releases the GIL) while this
+        thread queues the previous chunk's micro-batches on the accelerator, so neither waits for the other.
+        Raises NothingToEmbed for a pair whose instruction covers its whole text.
+        """
+        started = time.perf_counter()
+        stats = EncodeStats(items=len(pairs))
+        token_counts: list[int] = []
+        truncated: list[bool] = []
+        pending: list[tuple[list[int], torch.Tensor]] = []
+        offsets = list(range(0, len(pairs), chunk_pairs))
+        pool = ThreadPoolExecutor(max_workers=1) if len(offsets) > 1 else None
+        try:
+            if pool is None:
+                tokenized = iter([self.tokenize(pairs)])
+            else:
+                futures = [pool.submit(self.tokenize, pairs[offset:offset + chunk_pairs]) for offset in offsets]
+                tokenized = (future.result() for future in futures)
+            with torch.inference_mode():
+                for offset, items in zip(offsets, tokenized, strict=False):
+                    empty = first_unpoolable(items)
+                    if empty is not None:
+                        raise NothingToEmbed(unpoolable_message(offset + empty))
+                    token_counts += [len(item.input_ids) for item in items]
+                    truncated += [item.truncated for item in items]
+                    for rows, vectors in self._launch(items, stats):
+                        pending.append(([offset + row for row in rows], vectors))
+                vectors = self._collect(pending, len(pairs))
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+        stats.seconds = time.perf_counter() - started
+        return Embeddings(vectors, token_counts, truncated, stats)
 
     def embed(self, items: Sequence[TokenizedPair]) -> tuple[np.ndarray, EncodeStats]:
         """Embed tokenized pairs in length-sorted micro-batches; results in input order."""
         started = time.perf_counter()
         stats = EncodeStats(items=len(items))
-        out = np.empty((len(items), self.dimension), dtype=np.float32)
+        with torch.inference_mode():
+            out = self._collect(self._launch(items, stats), len(items))
+        stats.seconds = time.perf_counter() - started
+        return out, stats
+
+    def _launch(self, items: Sequence[TokenizedPair], stats: EncodeStats) -> list[tuple[list[int], torch.Tensor]]:
+        """Queue every micro-batch of ``items``; returns (row indices, vectors still on the device)."""
         if not items:
-            return out, stats
+            return []
         lengths = [len(item.input_ids) for item in items]
         plan = plan_micro_batches(lengths, self.settings.max_batch_tokens, self.settings.max_batch_rows,
                                   _BATCH_OVERHEAD_TOKENS.get(self.device.type, 0))
         pending: list[tuple[list[int], torch.Tensor]] = []
-        with torch.inference_mode():
-            for rows in plan:
-                pending.extend(self._embed_rows([items[i] for i in rows], rows, stats))
-            # One device->host copy at the end keeps the GPU from waiting on Python between batches.
+        for rows in plan:
+            pending.extend(self._embed_rows([items[i] for i in rows], rows, stats))
+        return pending
+
+    def _collect(self, pending: list[tuple[list[int], torch.Tensor]], count: int) -> np.ndarray:
+        """One device->host copy at the end keeps the accelerator from waiting on Python between batches."""
+        out = np.empty((count, self.dimension), dtype=np.float32)
+        if pending:
             indices = [i for rows, _ in pending for i in rows]
             out[indices] = torch.cat([vectors for _, vectors in pending]).cpu().numpy()
-        stats.seconds = time.perf_counter() - started
-        return out, stats
+        return out
 
     def _embed_rows(self, batch: list[TokenizedPair], rows: list[int],
                     stats: EncodeStats) -> list[tuple[list[int], torch.Tensor]]:
@@ -250,7 +283,7 @@ class InstructorEncoder:
 
     def _infer_dimension(self) -> int:
         with torch.inference_mode():
-            probe = self._forward([TokenizedPair(self._tokenizer.encode("a").ids, 0, 1)])
+            probe = self._forward([TokenizedPair(self._tokenizer.encode(["a"])[0][0], 0, False)])
         return int(probe.shape[1])
 
 
@@ -276,12 +309,15 @@ def _pool(hidden: torch.Tensor, pooling_mask: torch.Tensor, attention: torch.Ten
     return summed / mask.sum(dim=1).clamp(min=1e-9)
 
 
-def _load_tokenizer(path: Path) -> Tokenizer:
-    tokenizer = Tokenizer.from_file(str(path))
-    # tokenizer.json may carry padding/truncation presets; we pad and truncate ourselves.
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    return tokenizer
+def first_unpoolable(items: Sequence[TokenizedPair]) -> int | None:
+    """Index of the first pair with nothing to pool (its instruction covers its whole text), else None."""
+    return next((i for i, item in enumerate(items) if item.pooled_tokens <= 0), None)
+
+
+def unpoolable_message(index: int) -> str:
+    return (f"pair {index}: the instruction covers the whole joined text (instruction + sentence), so no "
+            "token is left to embed; InstructorEmbedding 1.0.1 fails or returns a zero vector here. "
+            "Send a longer sentence or a shorter instruction")
 
 
 def _load_transformer(files: ModelDirectory, precision: Precision,

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file as load_safetensors
+if TYPE_CHECKING:  # torch is imported where weights are loaded: the archive builder reads files without it
+    import torch
+
+# Where the model files sit inside a TorchServe archive (written by the archive builder, read by the handler).
+ARCHIVE_MODEL_SUBDIR = "model"
 
 
 class ModelDirectoryError(ValueError):
@@ -30,11 +34,19 @@ _POOLING_KEYS = {
     "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
     "pooling_mode_weightedmean_tokens": "weightedmean",
 }
-# Activation class paths sentence-transformers writes into 2_Dense/config.json.
+# Activation class paths sentence-transformers writes into 2_Dense/config.json -> torch.nn class name.
 _DENSE_ACTIVATIONS = {
-    "torch.nn.modules.linear.Identity": torch.nn.Identity,
-    "torch.nn.modules.activation.Tanh": torch.nn.Tanh,
+    "torch.nn.modules.linear.Identity": "Identity",
+    "torch.nn.modules.activation.Tanh": "Tanh",
 }
+# The weight files of a module, in order of preference (safetensors over pickles, one file over shards):
+# the loader accepts any of them, the archive builder packs the first one present.
+WEIGHT_CHOICES: tuple[tuple[str, ...], ...] = (
+    ("model.safetensors",),
+    ("model.safetensors.index.json", "model-*-of-*.safetensors"),
+    ("pytorch_model.bin",),
+    ("pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +93,8 @@ def read_model_directory(path: str | Path) -> ModelDirectory:
         )
     if not (transformer_dir / "tokenizer.json").exists():
         raise ModelDirectoryError(
-            f"{transformer_dir / 'tokenizer.json'} is missing: the fast tokenizer file is used verbatim "
-            "(regenerating it from spiece.model changes tokenization)"
+            f"{transformer_dir / 'tokenizer.json'} is missing: the server tokenizes with tokenizer.json only "
+            "(scripts/build_archive.sh converts a T5 spiece.model into one)"
         )
     sbert = _read_sbert_config(transformer_dir)
     max_seq_length = sbert.get("max_seq_length")
@@ -98,8 +110,28 @@ def read_model_directory(path: str | Path) -> ModelDirectory:
     )
 
 
+def check_model_directory(path: str | Path) -> ModelDirectory:
+    """Everything the server reads before the encoder weights, checked: modules, configs, pooling, the
+    weight files' format, tokenizer.json (parsed) and the Dense heads (loaded, safely).
+
+    The archive builder calls this on the files it packs, so a model the server cannot load is refused
+    at build time with the same message. The encoder weights themselves are not read (multi-GB).
+    """
+    from tokenizers import Tokenizer
+
+    model_dir = read_model_directory(path)
+    try:
+        Tokenizer.from_file(str(model_dir.tokenizer_file))
+    except Exception as exc:  # tokenizers raises a bare Exception for any parse error
+        raise ModelDirectoryError(f"{model_dir.tokenizer_file} cannot be read by tokenizers ({exc})") from None
+    load_dense_layers(model_dir)
+    return model_dir
+
+
 def load_dense_layers(model_dir: ModelDirectory) -> list[torch.nn.Module]:
     """The Dense heads as ``nn.Sequential(Linear, activation)``, loaded without unpickling code."""
+    import torch
+
     layers: list[torch.nn.Module] = []
     for dense_dir in model_dir.dense_dirs:
         config = _read_json(dense_dir / "config.json")
@@ -121,7 +153,8 @@ def load_dense_layers(model_dir: ModelDirectory) -> list[torch.nn.Module]:
             linear.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ModelDirectoryError(f"{dense_dir}: weights do not match config.json ({exc})") from exc
-        layers.append(torch.nn.Sequential(linear, _DENSE_ACTIVATIONS[activation_name]()))
+        activation = getattr(torch.nn, _DENSE_ACTIVATIONS[activation_name])()
+        layers.append(torch.nn.Sequential(linear, activation))
     return layers
 
 
@@ -174,17 +207,32 @@ def _read_sbert_config(transformer_dir: Path) -> dict[str, Any]:
 
 
 def _has_weights(directory: Path) -> bool:
-    names = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-             "pytorch_model.bin.index.json")
-    return any((directory / name).exists() for name in names)
+    return any((directory / choice[0]).exists() for choice in WEIGHT_CHOICES)
 
 
 def _load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
-    if (directory / "model.safetensors").exists():
-        return load_safetensors(str(directory / "model.safetensors"))
-    if (directory / "pytorch_model.bin").exists():
-        # weights_only: a pickle that tries to build anything but tensors is refused, not executed.
-        return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    import torch
+    from safetensors.torch import load_file as load_safetensors
+
+    safetensors_file, pickle_file = directory / "model.safetensors", directory / "pytorch_model.bin"
+    if safetensors_file.exists():
+        try:
+            return load_safetensors(str(safetensors_file))
+        except Exception as exc:  # safetensors raises its own SafetensorError for a damaged file
+            raise ModelDirectoryError(f"{safetensors_file} is not a readable safetensors file ({exc})") from None
+    if pickle_file.exists():
+        try:
+            # weights_only: a pickle that tries to build anything but tensors is refused, not executed.
+            return torch.load(pickle_file, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            # torch's message is a page of advice; the line naming what was refused is what matters.
+            reason = next((line.strip() for line in str(exc).splitlines() if line.startswith("Unsupported")),
+                          str(exc).splitlines()[0])
+            raise ModelDirectoryError(
+                f"{pickle_file} was refused: it unpickles more than tensors ({reason})"
+            ) from None
+        except (RuntimeError, EOFError) as exc:  # a truncated or corrupt checkpoint
+            raise ModelDirectoryError(f"{pickle_file} is not a readable PyTorch checkpoint ({exc})") from None
     raise ModelDirectoryError(f"no weights in {directory}: expected model.safetensors or pytorch_model.bin")
 
 

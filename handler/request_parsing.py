@@ -4,7 +4,9 @@ Accepted bodies (JSON objects):
   {"inputs": [INSTRUCTION, SENTENCE]}                      -> one flat vector
   {"inputs": [[INSTRUCTION, SENTENCE], ...]}               -> a list of vectors, in order
   {"instruction": INSTRUCTION, "sentences": [S1, S2, ...]} -> a list of vectors (compact form)
-Optional: "truncate": true|false (default true; false -> 422 for a pair over max_seq_length).
+Optional: "truncate": true|false (default true; false -> 422 for a pair over max_seq_length);
+"encoding_format": "float" (default: JSON numbers) | "base64" (each vector as the base64 of its
+little-endian float32 bytes, as the OpenAI embeddings API does: 2.4x smaller, no float printing/parsing).
 An empty instruction ("") embeds the sentence as plain text.
 """
 
@@ -19,7 +21,8 @@ from handler.errors import InvalidInput, PayloadTooLarge
 from handler.settings import Settings
 
 Pair = tuple[str, str]
-_ALLOWED_KEYS = ("inputs", "instruction", "sentences", "truncate")
+_ALLOWED_KEYS = ("inputs", "instruction", "sentences", "truncate", "encoding_format")
+ENCODING_FORMATS = ("float", "base64")
 _FORMS = ('{"inputs": [instruction, sentence]}, {"inputs": [[instruction, sentence], ...]} '
           'or {"instruction": ..., "sentences": [...]}')
 
@@ -29,6 +32,7 @@ class ParsedRequest:
     pairs: list[Pair]
     single: bool  # the flat {"inputs": [instruction, sentence]} form: answer with one flat vector
     truncate: bool
+    encoding_format: str = "float"
 
 
 def parse_request(body: Any, settings: Settings) -> ParsedRequest:
@@ -44,6 +48,10 @@ def parse_request(body: Any, settings: Settings) -> ParsedRequest:
     truncate = body.get("truncate", True)
     if not isinstance(truncate, bool):
         raise InvalidInput(f"'truncate' must be true or false; got {_json_type(truncate)}")
+    encoding_format = body.get("encoding_format", "float")
+    if encoding_format not in ENCODING_FORMATS:
+        shown = repr(encoding_format) if isinstance(encoding_format, str) else _json_type(encoding_format)
+        raise InvalidInput(f"'encoding_format' must be one of {', '.join(map(repr, ENCODING_FORMATS))}; got {shown}")
 
     if "inputs" in body:
         if "instruction" in body or "sentences" in body:
@@ -55,7 +63,7 @@ def parse_request(body: Any, settings: Settings) -> ParsedRequest:
         single = False
     else:
         raise InvalidInput(f"missing field 'inputs'; expected {_FORMS}")
-    return ParsedRequest(pairs=pairs, single=single, truncate=truncate)
+    return ParsedRequest(pairs=pairs, single=single, truncate=truncate, encoding_format=encoding_format)
 
 
 def _parse_inputs(inputs: Any, settings: Settings) -> list[Pair]:

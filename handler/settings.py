@@ -55,19 +55,38 @@ class Settings:
     # Micro-batches inside one encode call: rows x padded length <= max_batch_tokens, rows <= max_batch_rows.
     max_batch_tokens: int = 16384
     max_batch_rows: int = 128
-    # Request limits: tokenizing huge inputs is a denial-of-service lever, so refuse them early (413).
+    # Request limits, checked before any tokenization (413).
     max_pairs_per_request: int = 256
     max_chars_per_text: int = 20000
+    # What one dynamic batch may cost, so that no batch can run into TorchServe's responseTimeout (which
+    # kills the worker): characters given to the tokenizer (sum over its pairs of instruction + sentence)
+    # and tokens given to the encoder (after truncation). A request over a limit alone is refused (413);
+    # requests that would take a batch over it are answered 503 (retry). None: measured at start-up, as
+    # what this worker tokenizes (worst-case text) in 20% of responseTimeout and embeds in 50% of it. The
+    # measurement assumes the worker has its device to itself: pin both when several CPU workers share cores.
+    max_batch_request_chars: int | None = None
+    max_batch_request_tokens: int | None = None
+    # Threads that tokenize a dynamic batch (tokenizers' thread pool). None: the cores this worker may use,
+    # at most 4 (several workers share a GPU host's cores; a batch of a few hundred pairs gains little
+    # beyond 4 threads); 1 disables the pool.
+    tokenizer_threads: int | None = None
     # Run a few encodes at initialize so the first request does not pay for lazy init / autotuning.
     warmup: bool = True
-    # Where the model files live inside the TorchServe model directory.
-    model_subdir: str = "model"
+    # CUDA + bfloat16 only (handler/acceleration.py): the fused T5 forward, and CUDA graphs for every
+    # micro-batch of at most graph_max_rows rows and graph_max_tokens padded tokens (captured at warm-up).
+    fast_forward: bool = True
+    cuda_graphs: bool = True
+    graph_max_rows: int = 128
+    graph_max_tokens: int = 8192
 
     def __post_init__(self) -> None:
-        positive = ("max_batch_tokens", "max_batch_rows", "max_pairs_per_request", "max_chars_per_text")
+        positive = ("max_batch_tokens", "max_batch_rows", "max_pairs_per_request", "max_chars_per_text",
+                    "max_batch_request_chars", "max_batch_request_tokens", "tokenizer_threads", "graph_max_rows",
+                    "graph_max_tokens")
         for name in positive:
-            if getattr(self, name) < 1:
-                raise SettingsError(f"setting '{name}' must be >= 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SettingsError(f"setting '{name}' must be >= 1, got {value}")
         if self.max_seq_length is not None and self.max_seq_length < 2:
             raise SettingsError(f"setting 'max_seq_length' must be >= 2, got {self.max_seq_length}")
         if self.max_seq_length is not None:
@@ -135,9 +154,9 @@ def _coerce(field: dataclasses.Field, value: Any) -> Any:
         if text in ("0", "false", "no", "off"):
             return False
         raise SettingsError(f"setting '{name}' must be true or false; got {value!r}")
-    if name == "max_seq_length" and (value is None or str(value).strip().lower() in ("", "none", "null")):
+    if default is None and (value is None or str(value).strip().lower() in ("", "none", "null", "auto")):
         return None
-    if isinstance(default, int) or name == "max_seq_length":
+    if isinstance(default, int) or default is None:  # the optional fields are all integers
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise SettingsError(f"setting '{name}' must be an integer; got {value!r}")
         try:

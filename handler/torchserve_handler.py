@@ -1,6 +1,7 @@
 """TorchServe entry point: a thin adapter between TorchServe's batch contract and the encoder core.
 
-preprocess  parses and validates each request of the dynamic batch (bad ones fail alone),
+preprocess  parses and validates each request of the dynamic batch (bad ones fail alone), tokenizes all
+            valid pairs in ONE call and admits requests under the batch's token budget,
 inference   makes ONE call into the core for all pairs of the batch,
 postprocess splits the vectors back into one compact JSON response per request, in order.
 Always exactly len(data) responses; an error is answered at its own index with its own status.
@@ -9,26 +10,43 @@ This file must define exactly one class: TorchServe's loader refuses modules wit
 
 from __future__ import annotations
 
+import base64
 import http
 import logging
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler.encoder import InstructorEncoder, TokenizedPair
-from handler.errors import InputTooLong, InternalError, ServiceError
+from handler.encoder import InstructorEncoder, TokenizedPair, first_unpoolable, unpoolable_message
+from handler.errors import InputTooLong, InternalError, NothingToEmbed, Overloaded, PayloadTooLarge, ServiceError
+from handler.model_directory import ARCHIVE_MODEL_SUBDIR
 from handler.protocols import ModelIdentity, Protocol, parse_body, protocol_of, render_error, render_response
+from handler.request_state import RequestState
 from handler.settings import Settings
-from handler.slots import RequestSlot
+from handler.tokenization import PREFIX_ROUNDS_OVERHEAD
 from handler.ts_metrics import HandlerMetrics
+
+# Importing TorchServe's BaseHandler switches float32 matmuls to TF32 on Ampere+ GPUs
+# (torch.set_float32_matmul_precision("high")): that breaks the 1e-5 bound of precision float32 and perturbs
+# the float32 Dense head. Undo TorchServe's side effect here, in the adapter that imports it.
+torch.set_float32_matmul_precision("highest")
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+DEFAULT_RESPONSE_TIMEOUT_S = 120
+# Shares of responseTimeout a dynamic batch may spend tokenizing (its characters priced at the worst-case
+# text) and embedding (its tokens priced at the speed measured at start-up, on a small batch: slower per
+# token than a full one). Together under 0.75: the rest is margin for TorchServe's own work and noise.
+_TOKENIZE_SHARE_OF_TIMEOUT = 0.2
+_EMBED_SHARE_OF_TIMEOUT = 0.5
 
 
 def select_device(gpu_id: Any, cuda_available: bool) -> str:
@@ -44,6 +62,23 @@ def request_body(row: dict[str, Any]) -> Any:
     return row.get("data") if body is None else body
 
 
+_MAX_AUTO_TOKENIZER_THREADS = 4
+
+
+def tokenizer_threads(settings: Settings) -> int:
+    """Threads for tokenizing a batch: the setting, else the cores this worker may run on, at most 4."""
+    if settings.tokenizer_threads is not None:
+        return settings.tokenizer_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(_MAX_AUTO_TOKENIZER_THREADS, cores))
+
+
+def configure_tokenizer_threads(threads: int) -> None:
+    """Size the tokenizers library's thread pool; read once, at its first parallel call in this process."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
+
+
 class InstructorHandler(BaseHandler):
     """Serves [instruction, sentence] -> embedding for INSTRUCTOR (and sentence-transformers) models."""
 
@@ -52,6 +87,8 @@ class InstructorHandler(BaseHandler):
         self.encoder: InstructorEncoder | None = None
         self.settings = Settings()
         self.metrics: HandlerMetrics | None = None
+        self.batch_char_budget = 0
+        self.batch_token_budget = 0
         self.model_identity = ModelIdentity(name="")
 
     def initialize(self, context: Any) -> None:
@@ -59,15 +96,39 @@ class InstructorHandler(BaseHandler):
         yaml_config = context.model_yaml_config or {}
         self.settings = Settings.from_sources(yaml_config.get("handler"))
         device = select_device(properties.get("gpu_id"), torch.cuda.is_available())
-        model_dir = Path(properties["model_dir"]) / self.settings.model_subdir
-        log.info("settings: %s", self.settings.as_dict())
+        threads = tokenizer_threads(self.settings)
+        configure_tokenizer_threads(threads)
+        model_dir = Path(properties["model_dir"]) / ARCHIVE_MODEL_SUBDIR
+        log.info("settings: %s; tokenizer threads: %d", self.settings.as_dict(), threads)
         self.encoder = InstructorEncoder(model_dir, self.settings, device)
         if self.settings.warmup:
             log.info("warm-up took %.2f s", self.encoder.warmup())
+        timeout = float(yaml_config.get("responseTimeout") or DEFAULT_RESPONSE_TIMEOUT_S)
+        self.batch_char_budget = self.settings.max_batch_request_chars or self._measured_char_budget(timeout)
+        self.batch_token_budget = self.settings.max_batch_request_tokens or self._measured_token_budget(timeout)
+        log.info("budget per dynamic batch: %d characters, %d tokens", self.batch_char_budget,
+                 self.batch_token_budget)
         self.metrics = HandlerMetrics(context.metrics, context.model_name)
         self.model_identity = ModelIdentity.from_context(context)
         self.context = context
         self.initialized = True
+
+    def _measured_char_budget(self, response_timeout_s: float) -> int:
+        """Characters this worker surely tokenizes in its share of responseTimeout (worst-case text, one thread,
+        best of two timings)."""
+        seconds_per_char = min(self.encoder.tokenizer_seconds_per_char() for _ in range(2)) * PREFIX_ROUNDS_OVERHEAD
+        budget = int(response_timeout_s * _TOKENIZE_SHARE_OF_TIMEOUT / max(seconds_per_char, 1e-9))
+        return max(2 * self.settings.max_chars_per_text, budget)  # one maximal pair always fits
+
+    def _measured_token_budget(self, response_timeout_s: float) -> int:
+        """Tokens this device embeds in its share of responseTimeout, timed on a small batch now (best of two).
+
+        A small batch is slower per token than a full one, so the estimate errs towards refusing too early.
+        """
+        pairs = [("Represent the sentence:", "budget probe " * n) for n in (4, 16, 64, 128)]
+        tokens_per_s = max(stats.tokens / max(stats.seconds, 1e-6)
+                           for stats in (self.encoder.encode(pairs).stats for _ in range(2)))
+        return max(self.encoder.max_seq_length, int(tokens_per_s * response_timeout_s * _EMBED_SHARE_OF_TIMEOUT))
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
         self.context = context
@@ -75,81 +136,121 @@ class InstructorHandler(BaseHandler):
             return self.postprocess(self.inference(self.preprocess(data)))
         except Exception:  # last resort: answer every request instead of TorchServe's bare 503
             log.exception("unexpected failure handling a batch of %d", len(data))
-            slots = [RequestSlot(error=self._internal_error(i)) for i in range(len(data))]
-            return self.postprocess(slots)
+            states = [RequestState(error=self._internal_error(i)) for i in range(len(data))]
+            return self.postprocess(states)
 
-    def preprocess(self, data: list[dict[str, Any]]) -> list[RequestSlot]:
-        """Parse every request; tokenize all valid pairs; per-request errors stay in their slot."""
-        slots = []
-        for index, row in enumerate(data):
-            try:
-                slots.append(RequestSlot(request=parse_body(request_body(row), self.settings)))
-            except ServiceError as error:
-                slots.append(RequestSlot(error=error))
-            except Exception:
-                log.exception("unexpected failure parsing request %s", self._request_id(index))
-                slots.append(RequestSlot(error=self._internal_error(index)))
-        for index, slot in enumerate(slots):
-            if slot.request is None:
-                continue
-            try:
-                slot.items = self.encoder.tokenize(slot.request.pairs)
-            except Exception:
-                log.exception("unexpected failure tokenizing request %s", self._request_id(index))
-                slot.error, slot.request = self._internal_error(index), None
-                continue
-            if not slot.request.truncate:
-                slot.error = _untruncated_error(slot.items, self.encoder.max_seq_length)
-        return slots
+    def preprocess(self, data: list[dict[str, Any]]) -> list[RequestState]:
+        """Parse every request; tokenize all valid pairs in one call; per-request errors stay with their request."""
+        states = [self._parse(index, row) for index, row in enumerate(data)]
+        # Characters first, before any tokenization: a flood of long texts must not cost its tokenization.
+        self._admit(states, "characters", lambda state: state.chars, self.batch_char_budget,
+                    "max_batch_request_chars")
+        ready = [state for state in states if state.ready]
+        pairs = [pair for state in ready for pair in state.request.pairs]
+        try:
+            items = self.encoder.tokenize(pairs)
+        except Exception:
+            log.exception("unexpected failure tokenizing a batch of %d pairs; retrying request by request", len(pairs))
+            for index, state in enumerate(states):
+                if state.ready:
+                    self._tokenize_alone(state, index)
+        else:
+            offset = 0
+            for state in ready:
+                state.items = items[offset:offset + len(state.request.pairs)]
+                offset += len(state.request.pairs)
+        for state in states:
+            if state.ready:
+                state.error = _item_error(state, self.encoder.max_seq_length)
+        self._admit(states, "tokens", lambda state: state.tokens, self.batch_token_budget,
+                    "max_batch_request_tokens")
+        return states
 
-    def inference(self, slots: list[RequestSlot], *args: Any, **kwargs: Any) -> list[RequestSlot]:
+    def _parse(self, index: int, row: dict[str, Any]) -> RequestState:
+        try:
+            return RequestState(request=parse_body(request_body(row), self.settings))
+        except ServiceError as error:
+            return RequestState(error=error)
+        except Exception:
+            log.exception("unexpected failure parsing request %s", self._request_id(index))
+            return RequestState(error=self._internal_error(index))
+
+    def _tokenize_alone(self, state: RequestState, index: int) -> None:
+        try:
+            state.items = self.encoder.tokenize(state.request.pairs)
+        except Exception:
+            log.exception("unexpected failure tokenizing request %s", self._request_id(index))
+            state.error, state.request = self._internal_error(index), None
+
+    @staticmethod
+    def _admit(states: list[RequestState], unit: str, cost: Callable[[RequestState], int], budget: int,
+               setting: str) -> None:
+        """Keep the batch under ``budget``: a request over it alone gets 413, one that does not fit beside
+        the earlier ones gets 503 (retry at once), so no batch can run into responseTimeout."""
+        used = 0
+        for state in states:
+            if not state.ready:
+                continue
+            needed = cost(state)
+            if needed > budget:
+                state.error = PayloadTooLarge(
+                    f"the request has {needed} {unit}; this server takes at most {budget} {unit} per request "
+                    f"(setting {setting}): split the request"
+                )
+            elif used + needed > budget:
+                state.error = Overloaded(
+                    f"the server is busy: this batch already carries {used} of its {budget} {unit} "
+                    f"(setting {setting}); retry the request"
+                )
+            else:
+                used += needed
+
+    def inference(self, states: list[RequestState], *args: Any, **kwargs: Any) -> list[RequestState]:
         """One encoder call for the whole batch; if it fails, retry request by request to isolate."""
-        ready = [(index, slot) for index, slot in enumerate(slots)
-                 if slot.error is None and slot.request is not None]
+        ready = [(index, state) for index, state in enumerate(states) if state.ready]
         if not ready:
-            return slots
-        items = [item for _, slot in ready for item in slot.items]
+            return states
+        items = [item for _, state in ready for item in state.items]
         try:
             vectors, stats = self.encoder.embed(items)
         except Exception:
             log.warning("batch of %d requests failed; retrying one by one", len(ready), exc_info=True)
-            for index, slot in ready:
-                self._embed_alone(slot, index)
-            return slots
+            for index, state in ready:
+                self._embed_alone(state, index)
+            return states
         offset = 0
-        for _, slot in ready:
-            slot.vectors = vectors[offset:offset + len(slot.items)]
-            offset += len(slot.items)
+        for _, state in ready:
+            state.vectors = vectors[offset:offset + len(state.items)]
+            offset += len(state.items)
         if self.metrics:
             self.metrics.record_batch(stats, sum(item.truncated for item in items))
-        return slots
+        return states
 
-    def _embed_alone(self, slot: RequestSlot, index: int) -> None:
+    def _embed_alone(self, state: RequestState, index: int) -> None:
         try:
-            slot.vectors, stats = self.encoder.embed(slot.items)
+            state.vectors, stats = self.encoder.embed(state.items)
             if self.metrics:
-                self.metrics.record_batch(stats, sum(item.truncated for item in slot.items))
+                self.metrics.record_batch(stats, sum(item.truncated for item in state.items))
         except ServiceError as error:
-            slot.error = error
+            state.error = error
         except Exception:
             log.exception("unexpected failure embedding request %s", self._request_id(index))
-            slot.error = self._internal_error(index)
+            state.error = self._internal_error(index)
 
-    def postprocess(self, slots: list[RequestSlot]) -> list[bytes]:
+    def postprocess(self, states: list[RequestState]) -> list[bytes]:
         """Compact JSON per request: a flat vector for the single-pair form, else a list of vectors."""
         responses = []
-        for index, slot in enumerate(slots):
+        for index, state in enumerate(states):
             self.context.set_response_content_type(index, JSON)
-            protocol = protocol_of(slot.request, slot.error)  # KServe v1/v2 bodies get KServe's shapes
-            if slot.error is not None or slot.vectors is None:
-                error = slot.error or self._internal_error(index)
+            protocol = protocol_of(state.request, state.error)  # KServe v1/v2 bodies get KServe's shapes
+            if state.error is not None or state.vectors is None:
+                error = state.error or self._internal_error(index)
                 responses.append(self._error_response(index, error, protocol))
                 continue
             if protocol is not Protocol.NATIVE:
-                responses.append(render_response(slot.request, slot.vectors, self.model_identity))
+                responses.append(render_response(state.request, state.vectors, self.model_identity))
                 continue
-            payload = slot.vectors[0] if slot.request.single else slot.vectors
-            responses.append(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY))
+            responses.append(render_vectors(state.vectors, state.request.single, state.request.encoding_format))
         return responses
 
     def _error_response(self, index: int, error: ServiceError, protocol: Protocol = Protocol.NATIVE) -> bytes:
@@ -171,11 +272,29 @@ class InstructorHandler(BaseHandler):
             return f"#{index} at {time.time():.0f}"
 
 
+def render_vectors(vectors: np.ndarray, single: bool, encoding_format: str) -> bytes:
+    """JSON for one request's vectors: float32 as shortest round-trip numbers, or base64 of little-endian float32."""
+    if encoding_format == "base64":
+        encoded = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in vectors]
+        return orjson.dumps(encoded[0] if single else encoded)
+    return orjson.dumps(vectors[0] if single else vectors, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _item_error(state: RequestState, max_seq_length: int) -> ServiceError | None:
+    """A request-level error found after tokenization: a pair with nothing to pool, or truncation refused."""
+    empty = first_unpoolable(state.items)
+    if empty is not None:
+        return NothingToEmbed(unpoolable_message(empty))
+    if not state.request.truncate:
+        return _untruncated_error(state.items, max_seq_length)
+    return None
+
+
 def _untruncated_error(items: list[TokenizedPair], max_seq_length: int) -> InputTooLong | None:
     for index, item in enumerate(items):
         if item.truncated:
             return InputTooLong(
-                f"pair {index} has {item.n_tokens} tokens, more than max_seq_length {max_seq_length}, "
-                "and the request set \"truncate\": false; shorten it or allow truncation"
+                f"pair {index} has more than max_seq_length ({max_seq_length}) tokens and the request set "
+                "\"truncate\": false; shorten it or allow truncation"
             )
     return None

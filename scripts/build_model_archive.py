@@ -1,6 +1,6 @@
 """Build a TorchServe model archive for an INSTRUCTOR / sentence-transformers model.
 
-Used by scripts/build_mar.sh (run ``build_mar.sh --help`` for the user-facing description).
+Used by scripts/build_archive.sh (run ``build_archive.sh --help`` for the user-facing description).
 The archive is self-contained: a TorchServe whose Python environment has the runtime packages
 (torch, transformers, sentence-transformers, ...) but not this repository can serve it.
 
@@ -28,16 +28,26 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as a script: the handler package is this script's source of truth
+    sys.path.insert(0, str(REPO_ROOT))
+
+# The server's own reader: what it cannot load is refused here, with its message.
+from handler.model_directory import (  # noqa: E402 - needs the path above
+    ARCHIVE_MODEL_SUBDIR,
+    WEIGHT_CHOICES,
+    ModelDirectoryError,
+    check_model_directory,
+)
+
 DEFAULT_STORE = REPO_ROOT / "model_store"
 DEFAULT_HANDLER_DIR = REPO_ROOT / "handler"
 HANDLER_ENTRY = "torchserve_handler.py"
-MODEL_SUBDIR = "model"
 CONFIG_FILE_NAME = "model-config.yaml"
 
 DEMO = "demo"
@@ -68,14 +78,8 @@ CONFIG_PATTERNS = (
     "2_Dense/*",
     "3_Normalize/*",
 )
-TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "vocab.txt")
-# In order of preference: safetensors over pickles, one file over shards.
-WEIGHT_CHOICES: tuple[tuple[str, ...], ...] = (
-    ("model.safetensors",),
-    ("model.safetensors.index.json", "model-*-of-*.safetensors"),
-    ("pytorch_model.bin",),
-    ("pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin"),
-)
+# Model types whose spiece.model this script can turn into the tokenizer.json the server reads.
+SPIECE_MODEL_TYPES = ("t5", "mt5")
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")  # torch-model-archiver's rule
 
@@ -168,7 +172,7 @@ def download_model(repo_id: str, revision: str | None = None) -> Path:
     except RevisionNotFoundError as e:
         raise BuildError(f"{repo_id} has no revision {revision!r}.") from e
     except Exception as e:  # offline, DNS, proxy, TLS: try what an earlier download left in the cache
-        print(f"build_mar: cannot reach the Hugging Face Hub ({type(e).__name__}: {e}); "
+        print(f"build_archive: cannot reach the Hugging Face Hub ({type(e).__name__}: {e}); "
               "trying the local Hugging Face cache ...", file=sys.stderr)
         return _cached_snapshot(repo_id, revision, e)
 
@@ -255,9 +259,9 @@ def model_files(model_dir: Path) -> list[str]:
 
 
 def validate_model_dir(model_dir: Path) -> list[str]:
-    """Check that ``model_dir`` holds a servable model; return the files to pack.
+    """Check that ``model_dir`` is a model directory with weights; return the files to pack.
 
-    Raises BuildError with what is missing and what to do.
+    What the server needs beyond that is checked on the staged files by check_staged_model().
     """
     if not model_dir.is_dir():
         raise BuildError(f"Model directory {model_dir} does not exist.")
@@ -268,28 +272,49 @@ def validate_model_dir(model_dir: Path) -> list[str]:
             "Pass the folder that contains them (for a Hugging Face cache: .../snapshots/<hash>/)."
         )
     try:
-        files = model_files(model_dir)
+        return model_files(model_dir)
     except BuildError as e:
         raise BuildError(f"{model_dir}: {e}") from None
-    if "modules.json" in has:
-        try:
-            modules = json.loads((model_dir / "modules.json").read_text())
-        except (OSError, ValueError) as e:
-            raise BuildError(f"{model_dir / 'modules.json'} is not valid JSON: {e}") from None
-        for module in modules:
-            sub = module.get("path", "")
-            # Normalize has no parameters and often no folder (all-MiniLM-L6-v2 lists 2_Normalize).
-            if sub and not module.get("type", "").endswith("Normalize") and not (model_dir / sub).is_dir():
-                raise BuildError(
-                    f"{model_dir}/modules.json lists the module folder {sub!r} but it is missing: "
-                    "the download is incomplete; download the model again."
-                )
-    if not any(t in has for t in TOKENIZER_FILES):
+
+
+def convert_spiece_tokenizer(model_dir: Path, out: Path) -> None:
+    """Write the tokenizer.json that transformers' T5TokenizerFast builds from ``model_dir``'s spiece.model.
+
+    Token ids equal those of the tokenizer.json the hkunlp/instructor-* repos ship (tested on the tiny
+    models: tests/test_scripts.py). Needs transformers and sentencepiece, imported only here.
+    """
+    try:
+        from transformers import T5TokenizerFast
+    except ImportError as e:
+        raise BuildError(f"Converting spiece.model needs transformers and sentencepiece ({e}).") from None
+    try:
+        tokenizer = T5TokenizerFast.from_pretrained(str(model_dir), local_files_only=True)
+    except Exception as e:  # sentencepiece/protobuf missing, a broken spiece.model ...
         raise BuildError(
-            f"{model_dir} has no tokenizer (tokenizer.json, spiece.model or vocab.txt): "
-            "the download is incomplete; download the model again."
-        )
-    return files
+            f"Cannot convert {model_dir / 'spiece.model'} into tokenizer.json ({type(e).__name__}: {e}). "
+            "Download the model's tokenizer.json (the hkunlp/instructor-* repos ship one) into the directory."
+        ) from None
+    tokenizer.backend_tokenizer.save(str(out))
+
+
+def check_staged_model(model_dir: Path, staged: Path) -> None:
+    """Run the server's own reader on the files being packed (``staged``, the archive's model folder).
+
+    A T5 model that ships only spiece.model gets the tokenizer.json converted from it. Raises BuildError
+    with the reader's message, naming the files of ``model_dir``.
+    """
+    if not (staged / "tokenizer.json").exists() and (staged / "spiece.model").exists():
+        config = staged / "config.json"
+        model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+        if model_type in SPIECE_MODEL_TYPES:
+            print(f"{model_dir} has no tokenizer.json: converting spiece.model into one ...", file=sys.stderr)
+            convert_spiece_tokenizer(staged, staged / "tokenizer.json")
+    try:
+        check_model_directory(staged)
+    except (ModelDirectoryError, OSError) as e:
+        message = str(e).replace(str(staged), str(model_dir))
+        hint = " The download may be incomplete: download the model again." if "missing" in message else ""
+        raise BuildError(f"The server cannot load this model: {message}.{hint}") from None
 
 
 def validate_handler_dir(handler_dir: Path) -> Path:
@@ -303,17 +328,29 @@ def validate_handler_dir(handler_dir: Path) -> Path:
     return entry
 
 
-def stage(model_dir: Path, files: Sequence[str], handler_dir: Path, stage_dir: Path) -> None:
-    """Lay out the archive root in ``stage_dir`` with symlinks (the archiver copies the targets)."""
+def stage(model_dir: Path, files: Sequence[str], handler_dir: Path, stage_dir: Path,
+          extra_files: Mapping[str, Path] | None = None) -> Path:
+    """Lay out the archive root in ``stage_dir`` with symlinks (the archiver copies the targets).
+
+    ``extra_files`` maps archive paths (e.g. ``benchmarks/seed_method.py``) to files to pack as well.
+    Returns the staged model folder.
+    """
     (stage_dir / "handler").mkdir(parents=True)
     for src in sorted(handler_dir.iterdir()):
         if src.name.startswith(".") or src.name == "__pycache__" or src.suffix == ".pyc":
             continue
         (stage_dir / "handler" / src.name).symlink_to(src.resolve())
     for rel in files:
-        dst = stage_dir / MODEL_SUBDIR / rel
+        dst = stage_dir / ARCHIVE_MODEL_SUBDIR / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.symlink_to((model_dir / rel).resolve())
+    for rel, src in (extra_files or {}).items():
+        dst = stage_dir / rel
+        if dst.exists() or dst.is_symlink():
+            raise BuildError(f"extra file {rel!r} would replace a file of the archive.")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(Path(src).resolve())
+    return stage_dir / ARCHIVE_MODEL_SUBDIR
 
 
 # --------------------------------------------------------------------------- model-config.yaml
@@ -362,8 +399,6 @@ def _add_setting_flags(parser: argparse.ArgumentParser, settings_class: type | N
         return []
     names = []
     for field in dataclasses.fields(settings_class):
-        if field.name == "model_subdir":  # fixed: this script packs the model as model/
-            continue
         default = field.default
         flag = "--" + field.name.replace("_", "-")
         if isinstance(default, bool):
@@ -397,7 +432,7 @@ def render_model_config(spec: ArchiveSpec) -> str:
     }
     handler = dict(spec.handler_settings)
     text = (
-        "# Written by scripts/build_mar.sh. TorchServe reads the top-level keys, the handler reads\n"
+        "# Written by scripts/build_archive.sh. TorchServe reads the top-level keys, the handler reads\n"
         "# `handler:` (unset keys take the handler's defaults). Rebuild the archive to change them.\n"
         + yaml.safe_dump(top, sort_keys=False)
         + yaml.safe_dump({"handler": handler}, sort_keys=False, default_flow_style=False)
@@ -413,7 +448,7 @@ def archive_path(store: Path, name: str, fmt: str) -> Path:
     return store / (f"{name}.mar" if fmt == "mar" else name)
 
 
-def run_archiver(name: str, stage_dir: Path, config_file: Path, store: Path, fmt: str) -> Path:
+def run_archiver(name: str, stage_dir: Path, config_file: Path, store: Path, fmt: str, entry: Path) -> Path:
     """Run torch-model-archiver and move the result into ``store`` atomically (replacing an old one)."""
     work = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=store))
     try:
@@ -426,7 +461,7 @@ def run_archiver(name: str, stage_dir: Path, config_file: Path, store: Path, fmt
             sys.executable, "-m", "model_archiver.model_packaging",
             "--model-name", name,
             "--version", "1.0",
-            "--handler", str(stage_dir / "handler" / HANDLER_ENTRY),
+            "--handler", str(entry),
             "--extra-files", str(stage_dir),
             "--config-file", str(config_file),
             "--export-path", str(export),
@@ -453,17 +488,27 @@ def run_archiver(name: str, stage_dir: Path, config_file: Path, store: Path, fmt
         shutil.rmtree(work, ignore_errors=True)
 
 
-def build(
-    model: str,
+def build_archive(
+    model: str | Path,
     name: str,
-    *,
     store: Path = DEFAULT_STORE,
     fmt: str = DEFAULT_FORMAT,
     spec: ArchiveSpec = ArchiveSpec(),
+    *,
     handler_dir: Path = DEFAULT_HANDLER_DIR,
     revision: str | None = None,
+    entry: Path | None = None,
+    extra_files: Mapping[str, Path] | None = None,
 ) -> Path:
-    """Resolve, validate, stage and archive ``model`` as ``name`` into ``store``; return the archive."""
+    """Build the archive ``name`` of ``model`` into ``store``; return its path (STORE/NAME or STORE/NAME.mar).
+
+    ``model``: a model directory, a Hugging Face id or ``demo``. ``fmt``: ``no-archive`` or ``mar``.
+    ``spec``: workers, batching, timeouts and handler settings (validated by the handler's Settings).
+    The model is checked with the server's own reader first. ``entry`` replaces the handler entry file
+    (default: HANDLER_DIR/torchserve_handler.py; the handler package is packed either way) and
+    ``extra_files`` adds files by archive path, e.g. for a benchmark's baseline handler.
+    Raises BuildError with what to do next.
+    """
     if not NAME_PATTERN.match(name):
         raise BuildError(f"--name {name!r}: use letters, digits, '_', '-' and '.', first a letter or digit.")
     if fmt not in FORMATS:
@@ -473,21 +518,23 @@ def build(
             raise BuildError(f"{label} must be at least 1, not {value}.")
     if spec.max_batch_delay_ms < 0:
         raise BuildError(f"--max-batch-delay must be >= 0 ms, not {spec.max_batch_delay_ms}.")
-    entry = validate_handler_dir(handler_dir)
-    given = dict(spec.handler_settings)
-    if given.get("model_subdir", MODEL_SUBDIR) != MODEL_SUBDIR:
-        raise BuildError(f"model_subdir is fixed by this script: the model is packed as {MODEL_SUBDIR}/.")
-    validated = validate_settings(load_settings_class(handler_dir), given)
+    default_entry = validate_handler_dir(handler_dir)
+    entry = Path(entry) if entry else default_entry
+    if not entry.is_file():
+        raise BuildError(f"No handler entry file {entry}.")
+    validated = validate_settings(load_settings_class(handler_dir), dict(spec.handler_settings))
     spec = dataclasses.replace(spec, handler_settings=tuple(validated.items()))
-    model_dir = resolve_model(model, revision)
+    model_dir = resolve_model(str(model), revision)
     files = validate_model_dir(model_dir)
-    store.mkdir(parents=True, exist_ok=True)
+    store = Path(store)
     with tempfile.TemporaryDirectory(prefix="instructor-stage-") as tmp:
         stage_dir = Path(tmp) / "root"
-        stage(model_dir, files, entry.parent, stage_dir)
+        staged_model = stage(model_dir, files, handler_dir, stage_dir, extra_files)
+        check_staged_model(model_dir, staged_model)
         config_file = Path(tmp) / CONFIG_FILE_NAME
         config_file.write_text(render_model_config(spec))
-        return run_archiver(name, stage_dir, config_file, store.resolve(), fmt)
+        store.mkdir(parents=True, exist_ok=True)
+        return run_archiver(name, stage_dir, config_file, store.resolve(), fmt, entry)
 
 
 # --------------------------------------------------------------------------- command line
@@ -495,7 +542,7 @@ def build(
 
 def _parser(handler_dir: Path) -> tuple[argparse.ArgumentParser, list[str]]:
     p = argparse.ArgumentParser(
-        prog="scripts/build_mar.sh",
+        prog="scripts/build_archive.sh",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Package a sentence-transformers / INSTRUCTOR model with the handler into a TorchServe archive.\n"
@@ -510,9 +557,9 @@ def _parser(handler_dir: Path) -> tuple[argparse.ArgumentParser, list[str]]:
             "  mar         one portable file STORE/NAME.mar (a stored zip), e.g. for KServe or other hosts;\n"
             "              TorchServe extracts it into $TMPDIR/models/<uuid> at every registration.\n"
             "examples:\n"
-            "  scripts/build_mar.sh --model demo\n"
-            "  scripts/build_mar.sh --model hkunlp/instructor-large --precision bfloat16 --workers 2\n"
-            "  scripts/build_mar.sh --model ./my-model --name mymodel --format mar --set warmup=false\n"
+            "  scripts/build_archive.sh --model demo\n"
+            "  scripts/build_archive.sh --model hkunlp/instructor-large --precision bfloat16 --workers 2\n"
+            "  scripts/build_archive.sh --model ./my-model --name mymodel --format mar --set warmup=false\n"
             "environment: HF_TOKEN, HF_ENDPOINT, HF_HOME, HF_HUB_OFFLINE as for huggingface_hub."
         ),
     )
@@ -550,7 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser, setting_names = _parser(handler_dir)
     except Exception as e:  # a broken settings.py must not hide --help
-        print(f"build_mar: cannot read the handler settings of {handler_dir}: {e}", file=sys.stderr)
+        print(f"build_archive: cannot read the handler settings of {handler_dir}: {e}", file=sys.stderr)
         parser, setting_names = _parser(Path("/nonexistent"))
     args = parser.parse_args(argv)
     try:
@@ -573,10 +620,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             handler_settings=tuple(settings.items()),
         )
         name = args.name or default_name(args.model)
-        target = build(args.model, name, store=args.store, fmt=args.format, spec=spec,
-                       handler_dir=args.handler_dir, revision=args.revision)
+        target = build_archive(args.model, name, args.store, args.format, spec,
+                               handler_dir=args.handler_dir, revision=args.revision)
     except BuildError as e:
-        print(f"build_mar: error: {e}", file=sys.stderr)
+        print(f"build_archive: error: {e}", file=sys.stderr)
         return 1
     print(f"Built {target} (model {name!r}, {args.workers} worker(s), batch {args.batch_size}, "
           f"{args.max_batch_delay} ms).")

@@ -1,29 +1,24 @@
 # shellcheck shell=bash
-# Shared by serve.sh and stop.sh (sourced, not run): where things are and whether TorchServe runs.
+# Sourced (not run) by the scripts: where the repository and its Python environment are.
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${VENV:-$repo/.venv}"
 py="$venv/bin/python"
+ctl="$repo/scripts/torchserve_ctl.py"
 
-# Any Python answers this; the venv's is the one TorchServe's launcher runs under.
+# Any Python runs scripts/torchserve_ctl.py (standard library only); prefer the venv's.
 any_python() {
   if [[ -x "$py" ]]; then echo "$py"; else echo "python3"; fi
 }
 
-# TorchServe's launcher keeps the Java PID in tempfile.gettempdir()/.model_server.pid
-# ($TMPDIR, $TEMP, $TMP, else /tmp): one TorchServe per temp directory.
-ts_pid_file() {
-  "$(any_python)" -c 'import os, tempfile; print(os.path.join(tempfile.gettempdir(), ".model_server.pid"))'
-}
-
-# Prints the PID of the running TorchServe frontend (Java), or nothing.
-ts_running_pid() {
-  local pid_file pid
-  pid_file="$(ts_pid_file)"
-  [[ -f "$pid_file" ]] || return 0
-  pid="$(head -n1 "$pid_file" | tr -dc '0-9')"
-  [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || return 0
-  if tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q 'org.pytorch.serve.ModelServer'; then
-    echo "$pid"
-  fi
+# The venv's Python, for what needs the packages; without a venv only --help works (with python3).
+# Usage: venv_python SCRIPT_NAME "$@"
+venv_python() {
+  local script="$1"; shift
+  if [[ -x "$py" ]]; then echo "$py"; return 0; fi
+  case "${1:-}" in
+    -h|--help) echo "python3" ;;
+    *) echo "$script: no Python environment at $venv: run scripts/setup_venv.sh first (or set VENV=DIR)" >&2
+       return 1 ;;
+  esac
 }

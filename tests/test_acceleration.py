@@ -1,7 +1,7 @@
 """The fast T5 forward (handler/acceleration.py) computes the same function as Hugging Face's T5 encoder.
 
-It only switches itself on for CUDA + bfloat16; here it is forced on CPU in float32, where both forwards
-must agree to float rounding, including on padded rows. The GPU speed is measured in benchmarks/.
+``accelerate`` only switches it on for CUDA + bfloat16; here the class runs on CPU in float32, where both
+forwards must agree to float rounding, including on padded rows. The GPU speed is measured in benchmarks/.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import T5EncoderModel
 
-from handler.acceleration import AccelerationOptions, accelerate, unsupported_reason
+from handler.acceleration import FastT5Encoder, accelerate, unsupported_reason
 from handler.encoder import InstructorEncoder
 from handler.settings import Precision, Settings
 
@@ -23,16 +23,20 @@ def relu_model(tiny_models):
     return T5EncoderModel.from_pretrained(tiny_models["tiny-instructor-relu"]).eval()
 
 
+NO_GRAPHS = Settings(cuda_graphs=False)
+
+
 def test_it_stays_off_where_exactness_or_support_is_not_given(relu_model, tiny_models):
-    assert accelerate(relu_model, CPU, Precision.FLOAT32) is None  # CPU and float32 keep the exact HF path
+    assert accelerate(relu_model, CPU, Precision.FLOAT32, Settings()) is None  # CPU/float32: the exact HF path
+    assert accelerate(relu_model, CPU, Precision.BFLOAT16, Settings()) is None  # CUDA only
     gated = T5EncoderModel.from_pretrained(tiny_models["tiny-instructor-gated"]).eval()
     assert "relu" in unsupported_reason(gated)  # gated-gelu is not implemented: HF path
-    assert accelerate(gated, CPU, Precision.BFLOAT16, force=True) is None
+    assert unsupported_reason(relu_model) is None
 
 
-def test_forced_on_cpu_it_equals_the_hugging_face_forward_on_padded_batches(relu_model):
-    fast = accelerate(relu_model, CPU, Precision.FLOAT32, AccelerationOptions(cuda_graphs=False), force=True)
-    assert fast is not None
+def test_on_cpu_it_equals_the_hugging_face_forward_on_padded_batches(relu_model):
+    fast = FastT5Encoder(relu_model, NO_GRAPHS)
+    assert fast.self_check(relu_model) < 1e-5
     generator = torch.Generator().manual_seed(5)
     input_ids = torch.randint(3, 1500, (4, 37), generator=generator)
     attention = torch.ones_like(input_ids)
@@ -48,10 +52,12 @@ def test_forced_on_cpu_it_equals_the_hugging_face_forward_on_padded_batches(relu
 def test_the_encoder_gives_the_same_vectors_with_the_fast_forward(tiny_models, reference_fixture, monkeypatch):
     from handler import encoder as encoder_module
 
-    pairs = [(c["instruction"], c["text"]) for c in reference_fixture["cases"]["pairs"]]
+    expected = reference_fixture["models"]["tiny-instructor-relu"]["encode"]["pairs"]
+    pairs = [(c["instruction"], c["text"]) for c in reference_fixture["cases"]["pairs"]
+             if expected[c["id"]]["pooled_tokens"] > 0]
     plain = InstructorEncoder(tiny_models["tiny-instructor-relu"], Settings(warmup=False))
-    monkeypatch.setattr(encoder_module, "accelerate", lambda model, device, precision: accelerate(
-        model, device, precision, AccelerationOptions(cuda_graphs=False), force=True))
+    monkeypatch.setattr(encoder_module, "accelerate",
+                        lambda model, device, precision, settings: FastT5Encoder(model, NO_GRAPHS))
     fast = InstructorEncoder(tiny_models["tiny-instructor-relu"], Settings(warmup=False))
     assert fast._accelerated is not None
     assert np.abs(fast.encode(pairs).vectors - plain.encode(pairs).vectors).max() <= 1e-5

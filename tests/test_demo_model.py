@@ -57,5 +57,5 @@ def test_results_do_not_depend_on_how_items_are_batched(demo_model_dir, demo_enc
 def test_token_counts_and_truncation_are_reported_per_item(demo_encoder):
     result = demo_encoder.encode([("", "short one"), ("", "word " * 300)])
     assert result.token_counts[0] == 4  # [CLS] short one [SEP]
-    assert result.token_counts[1] == 302 and result.truncated == [False, True]
+    assert result.token_counts[1] == 256 and result.truncated == [False, True]  # 302 before truncation
     assert result.stats.tokens == 4 + 256

@@ -106,8 +106,9 @@ def test_handler_metrics_reach_prometheus_without_a_token(server: TorchServe):
 
 def test_served_vectors_equal_instructor_embedding_1_0_1(server: TorchServe, reference_fixture):
     """The whole served path (HTTP, frontend, batching, JSON) against the vectors 1.0.1 itself produced."""
-    cases = reference_fixture["cases"]["pairs"]
     expected = reference_fixture["models"]["tiny-instructor-gated"]["encode"]["pairs"]
+    # Pairs 1.0.1 pooled nothing for (a zero vector) are refused with 422 instead: the reliability tests cover that.
+    cases = [case for case in reference_fixture["cases"]["pairs"] if expected[case["id"]]["pooled_tokens"] > 0]
     want = np.array([expected[case["id"]]["vector"] for case in cases])
     resp = embed(server, {"inputs": [[case["instruction"], case["text"]] for case in cases]})
     assert resp.status == 200, resp

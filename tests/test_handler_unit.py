@@ -14,8 +14,8 @@ import torch
 from handler import torchserve_handler
 from handler.encoder import InstructorEncoder
 from handler.torchserve_handler import InstructorHandler, select_device
-from tests.conftest import make_ts_context, set_batch
 from tests.hostile_corpus import GOOD_PAIR, cases
+from tests.ts_context import make_ts_context, set_batch
 
 SCIENCE = ["Represent the Science title:", "3D ActionSLAM: wearable person tracking in multi-floor environments"]
 
@@ -167,7 +167,8 @@ def test_initialize_loads_the_model_on_the_assigned_gpu(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torchserve_handler, "InstructorEncoder", RecordingEncoder)
-    context = make_ts_context(tmp_path, 1, {"handler": {"warmup": False, "precision": "bf16"}}, gpu_id=3)
+    budgets = {"max_batch_request_chars": 100_000, "max_batch_request_tokens": 10_000}  # nothing to measure
+    context = make_ts_context(tmp_path, 1, {"handler": {"warmup": False, "precision": "bf16", **budgets}}, gpu_id=3)
     InstructorHandler().initialize(context)
     assert seen == {"model_dir": tmp_path / "model", "device": "cuda:3", "precision": "bfloat16"}
 

@@ -20,7 +20,7 @@ import pytest
 
 from scripts import torchserve_ctl
 from tests.kserve_support import free_layout_ports, wait_for_ready_worker
-from tests.torchserve_harness import REPO, VENV, TorchServe, build_with_script, stop_torchserve
+from tests.torchserve_harness import REPO, VENV, TorchServe, build_with_script
 
 DOCKER = REPO / "docker"
 HADOLINT = shutil.which("hadolint", path=str(VENV / "bin")) or shutil.which("hadolint")
@@ -85,8 +85,9 @@ def test_the_entrypoint_serves_the_store_in_production_mode_and_stops_on_sigterm
     deadline = time.monotonic() + 60
     while not pid_file.is_file() and time.monotonic() < deadline:
         time.sleep(0.2)
-    ts = TorchServe(workdir=workdir, model_store=store, tmpdir=workdir / "tmp", ports=ports,
-                    pid=int(pid_file.read_text().strip()))
+    pid = int(pid_file.read_text().strip())
+    ts = TorchServe(workdir=workdir, props=torchserve_ctl.read_properties(config), pid=pid,
+                    tmpdir=workdir / "tmp", log_dir=workdir / "logs", config_file=config, ports=ports)
     try:
         wait_for_ready_worker(ts, "relu", token=True)
         probe = subprocess.run([sys.executable, str(DOCKER / "readiness.py"), "--config", str(config)],
@@ -108,4 +109,4 @@ def test_the_entrypoint_serves_the_store_in_production_mode_and_stops_on_sigterm
     finally:
         if entry.poll() is None:
             entry.kill()
-        stop_torchserve(ts)
+        ts.stop()

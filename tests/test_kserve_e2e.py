@@ -42,8 +42,9 @@ def server(tmp_path_factory, tiny_models):
 @pytest.fixture(scope="module")
 def reference(reference_fixture):
     """The fixture's pairs and the vectors InstructorEmbedding 1.0.1 produced for them on this model."""
-    cases = reference_fixture["cases"]["pairs"]
     expected = reference_fixture["models"][MODEL]["encode"]["pairs"]
+    # Pairs 1.0.1 pooled nothing for (a zero vector) are refused with 422 instead, in every protocol.
+    cases = [case for case in reference_fixture["cases"]["pairs"] if expected[case["id"]]["pooled_tokens"] > 0]
     pairs = [(case["instruction"], case["text"]) for case in cases]
     return pairs, np.array([expected[case["id"]]["vector"] for case in cases], dtype=np.float64)
 

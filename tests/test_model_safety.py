@@ -42,16 +42,16 @@ def relu_copy(tiny_models, tmp_path) -> Path:
 def test_a_pickle_bomb_in_the_encoder_weights_is_refused_not_executed(relu_copy, tmp_path):
     marker = tmp_path / "pwned"
     write_malicious_pickle(relu_copy / "pytorch_model.bin", marker)
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(pickle.UnpicklingError, match=r"Weights only load failed(.|\n)*WeightsUnpickler error"):
         InstructorEncoder(relu_copy, Settings(warmup=False))
     assert not marker.exists(), "pickled code ran while loading the encoder weights"
-    assert "weights" in str(caught.value).lower() or "unpickl" in str(caught.value).lower()
 
 
 def test_a_pickle_bomb_in_the_dense_head_is_refused_not_executed(relu_copy, tmp_path):
     marker = tmp_path / "pwned"
     write_malicious_pickle(relu_copy / "2_Dense" / "pytorch_model.bin", marker)
-    with pytest.raises(Exception, match=r"(?i)weights|unpickl"):
+    with pytest.raises(ModelDirectoryError,
+                       match=r"2_Dense/pytorch_model\.bin was refused: it unpickles more than tensors \(Unsupported"):
         InstructorEncoder(relu_copy, Settings(warmup=False))
     assert not marker.exists(), "pickled code ran while loading the Dense head"
 
@@ -77,7 +77,15 @@ def test_a_broken_model_directory_is_refused_with_a_clear_message(relu_copy, dam
 def test_truncated_weights_fail_to_load_with_an_error(relu_copy):
     weights = relu_copy / "pytorch_model.bin"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(Exception):  # noqa: B017 - torch/transformers raise their own types; any refusal will do
+    # transformers hands torch's own error through: the checkpoint is not a complete zip archive.
+    with pytest.raises(RuntimeError, match="failed finding central directory"):
+        InstructorEncoder(relu_copy, Settings(warmup=False))
+
+
+def test_truncated_dense_weights_are_refused_naming_the_file(relu_copy):
+    weights = relu_copy / "2_Dense" / "pytorch_model.bin"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelDirectoryError, match=r"2_Dense/pytorch_model\.bin is not a readable PyTorch checkpoint"):
         InstructorEncoder(relu_copy, Settings(warmup=False))
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from handler.encoder import InstructorEncoder
+from handler.errors import NothingToEmbed
 from handler.settings import InstructionMode, Precision, Settings
 
 TOLERANCE = 1e-5
@@ -37,11 +38,14 @@ def encoders(tiny_models):
     return get
 
 
-def fixture_rows(reference_fixture, model: str, run: str):
+def fixture_rows(reference_fixture, model: str, run: str, *, poolable: bool = True):
+    """The fixture's pairs with 1.0.1's results; poolable=False gives those 1.0.1 pooled nothing for
+    (k equal to the joined length: a zero vector), which we refuse instead."""
     cases = reference_fixture["cases"]
     expected = reference_fixture["models"][model][run]
-    pairs = [(c["instruction"], c["text"]) for c in cases["pairs"]]
-    rows = [expected["pairs"][c["id"]] for c in cases["pairs"]]
+    chosen = [c for c in cases["pairs"] if (expected["pairs"][c["id"]]["pooled_tokens"] > 0) == poolable]
+    pairs = [(c["instruction"], c["text"]) for c in chosen]
+    rows = [expected["pairs"][c["id"]] for c in chosen]
     return pairs, rows, expected
 
 
@@ -72,7 +76,6 @@ def test_token_counts_truncation_and_pooled_prefix_match_1_0_1(encoders, referen
     encoder = encoders(model, max_seq_length)
     pairs, rows, expected = fixture_rows(reference_fixture, model, run)
     items = encoder.tokenize(pairs)
-    assert [item.n_tokens for item in items] == [row["joined_tokens"] for row in rows]
     assert [len(item.input_ids) for item in items] == [row["joined_tokens_used"] for row in rows]
     assert [item.pool_start for item in items] == [row["k"] for row in rows]
     assert [item.truncated for item in items] == [row["joined_tokens"] > expected["max_seq_length"] for row in rows]
@@ -87,18 +90,32 @@ def test_plain_strings_match_and_equal_an_empty_instruction(encoders, reference_
     result = encoder.encode([("", case["text"]) for case in texts])
     want = np.array([expected[case["id"]]["vector"] for case in texts])
     assert np.abs(result.vectors - want).max() <= TOLERANCE
-    assert result.token_counts == [expected[case["id"]]["tokens"] for case in texts]
+    assert result.token_counts == [expected[case["id"]]["tokens_used"] for case in texts]
 
 
-def test_pairs_that_crash_1_0_1_get_a_zero_vector_and_do_not_disturb_their_batch(encoders, reference_fixture):
-    """1.0.1 raises AssertionError for the whole batch when k exceeds the joined length; we pool over
-    nothing instead (the zero vector 1.0.1 itself returns when k equals the joined length)."""
+def test_pairs_whose_instruction_covers_the_text_are_refused_naming_the_pair(encoders, reference_fixture):
+    """1.0.1 raises AssertionError for the whole batch when k exceeds the joined length (and returns a zero
+    vector, useless for similarity, when k equals it); we refuse such a pair by its index instead."""
     encoder = encoders("tiny-instructor-relu", None)
     rejected = [(c["instruction"], c["text"]) for c in reference_fixture["cases"]["rejected_pairs"]]
+    rejected += fixture_rows(reference_fixture, "tiny-instructor-relu", "encode", poolable=False)[0]
+    assert len(rejected) >= 3
     pairs, rows, _ = fixture_rows(reference_fixture, "tiny-instructor-relu", "encode")
-    result = encoder.encode(rejected + pairs)
-    assert np.all(result.vectors[: len(rejected)] == 0.0)
-    assert np.abs(result.vectors[len(rejected):] - np.array([row["vector"] for row in rows])).max() <= TOLERANCE
+    assert all(item.pooled_tokens <= 0 for item in encoder.tokenize(rejected))
+    for position in (0, len(pairs)):
+        for bad in rejected:
+            batch = [*pairs[:position], bad, *pairs[position:]]
+            with pytest.raises(NothingToEmbed, match=f"pair {position}: the instruction covers the whole"):
+                encoder.encode(batch, chunk_pairs=7)  # found in a later chunk too
+    assert np.abs(encoder.encode(pairs).vectors - np.array([row["vector"] for row in rows])).max() <= TOLERANCE
+
+
+def test_chunked_encoding_equals_one_call(encoders, reference_fixture):
+    encoder = encoders("tiny-instructor-gated", None)
+    pairs, rows, _ = fixture_rows(reference_fixture, "tiny-instructor-gated", "encode")
+    chunked = encoder.encode(pairs, chunk_pairs=5)
+    assert np.abs(chunked.vectors - np.array([row["vector"] for row in rows])).max() <= TOLERANCE
+    assert chunked.token_counts == [row["joined_tokens_used"] for row in rows]
 
 
 @pytest.mark.parametrize("model", ["tiny-instructor-relu", "tiny-instructor-gated"])
@@ -109,6 +126,5 @@ def test_bfloat16_stays_within_cosine_0_999_of_float32(encoders, reference_fixtu
     assert bf16_encoder.precision is Precision.BFLOAT16
     bf16 = bf16_encoder.encode(pairs).vectors
     norms = np.linalg.norm(fp32, axis=1) * np.linalg.norm(bf16, axis=1)
-    valid = norms > 0  # the all-zero row of k == joined length has no direction
-    cosine = (fp32 * bf16).sum(axis=1)[valid] / norms[valid]
+    cosine = (fp32 * bf16).sum(axis=1) / norms
     assert cosine.min() >= 0.999, cosine.min()

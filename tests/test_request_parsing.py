@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from handler.errors import HTTP_STATUS, InvalidInput, PayloadTooLarge, ServiceError
+from handler.errors import InvalidInput, PayloadTooLarge, ServiceError
 from handler.request_parsing import parse_request
 from handler.settings import Settings
 
@@ -19,6 +19,8 @@ def test_single_pair_form():
 def test_batch_form_keeps_order_and_is_not_single():
     parsed = parse_request({"inputs": [["a:", "x"], ["", "y"]], "truncate": False}, SETTINGS)
     assert parsed.pairs == [("a:", "x"), ("", "y")] and not parsed.single and not parsed.truncate
+    assert parsed.encoding_format == "float"
+    assert parse_request({"inputs": ["a", "b"], "encoding_format": "base64"}, SETTINGS).encoding_format == "base64"
 
 
 def test_a_batch_of_one_pair_is_still_a_list_of_vectors():
@@ -69,6 +71,8 @@ BAD = [
     ({"inputs": [1, 2]}, InvalidInput, "inputs[0] must be [instruction, sentence]; got a number"),
     ({"inputs": [True, "x"]}, InvalidInput, "got a boolean"),
     ({"inputs": ["a", "b"], "truncate": "no"}, InvalidInput, "'truncate' must be true or false"),
+    ({"inputs": ["a", "b"], "encoding_format": "binary"}, InvalidInput, "'encoding_format' must be one of"),
+    ({"inputs": ["a", "b"], "encoding_format": 1}, InvalidInput, "got a number"),
     ({"inputs": ["a", "b"], "normalize": True}, InvalidInput, "unknown field 'normalize'"),
     ({"inputs": ["a", "b"], "instruction": "x"}, InvalidInput, "not both"),
     ({"sentences": ["x"]}, InvalidInput, "missing field 'instruction'"),
@@ -92,12 +96,3 @@ def test_bad_requests_are_rejected_with_a_message_naming_the_field(body, error_t
     assert type(caught.value) is error_type
     assert fragment in caught.value.message
     assert 400 <= caught.value.status < 500
-
-
-def test_each_error_type_has_exactly_one_status_and_one_body_shape():
-    assert {t.__name__: s for t, s in HTTP_STATUS.items()} == {
-        "InvalidInput": 400, "PayloadTooLarge": 413, "InputTooLong": 422,
-        "InternalError": 500, "InsufficientMemory": 507}
-    body = InvalidInput("inputs[3] must be [instruction, sentence], got a list of 1").to_body()
-    assert body == {"code": 400, "type": "InvalidInput",
-                    "message": "inputs[3] must be [instruction, sentence], got a list of 1"}

@@ -1,4 +1,4 @@
-"""The scripts as a user meets them: --help, archives from build_mar.sh, failures that say what to do,
+"""The scripts as a user meets them: --help, archives from build_archive.sh, failures that say what to do,
 the secure configuration, and register/serve/stop against real TorchServes (marked torchserve)."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from scripts import build_model_archive as bma
 from scripts import torchserve_ctl
-from tests.tiny_models import build_tiny_models
 from tests.torchserve_harness import (
     REPO,
     TorchServe,
@@ -29,7 +29,7 @@ from tests.torchserve_harness import (
 )
 
 HELP_DEFAULTS = {
-    "build_mar.sh": ["(default: demo)", "(default: no-archive)", "(default: 1)", "(default: 16)",
+    "build_archive.sh": ["(default: demo)", "(default: no-archive)", "(default: 1)", "(default: 16)",
                      "(default: 5)", "(default: 120)", "(default: 600)", "(handler default: auto)"],
     "register.sh": ["(default: 1)", "(default: 600.0)", "key_file.json"],
     "serve.sh": ["(default: demo", "(default: 1)", "(default: 600)", "(default: no-archive)"],
@@ -50,11 +50,6 @@ def read_member(archive: Path, member: str) -> str:
         with zipfile.ZipFile(archive) as z:
             return z.read(member).decode()
     return (archive / member).read_text()
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    return build_tiny_models(tmp_path_factory.mktemp("tiny"))
 
 
 # --------------------------------------------------------------------------- --help
@@ -84,7 +79,7 @@ def test_an_unknown_option_is_refused(script):
     assert "--no-such-option" in proc.stderr
 
 
-# --------------------------------------------------------------------------- build_mar.sh
+# --------------------------------------------------------------------------- build_archive.sh
 
 
 @pytest.mark.parametrize("fmt", ["no-archive", "mar"])
@@ -164,7 +159,7 @@ def test_default_name_is_derived_from_the_model(model, name):
 
 
 def test_build_from_a_missing_directory_says_what_to_pass(tmp_path):
-    proc = run_script("build_mar.sh", "--model", str(tmp_path / "nope"), "--store", str(tmp_path / "store"))
+    proc = run_script("build_archive.sh", "--model", str(tmp_path / "nope"), "--store", str(tmp_path / "store"))
     assert proc.returncode == 1
     assert "no such directory" in proc.stderr
     assert "Hugging Face id" in proc.stderr
@@ -175,7 +170,7 @@ def test_build_from_a_directory_without_weights_fails_clearly(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")
     (tmp_path / "m" / "tokenizer.json").write_text("{}")
-    proc = run_script("build_mar.sh", "--model", str(tmp_path / "m"), "--store", str(tmp_path / "store"))
+    proc = run_script("build_archive.sh", "--model", str(tmp_path / "m"), "--store", str(tmp_path / "store"))
     assert proc.returncode == 1
     assert "No model weights" in proc.stderr and "model.safetensors" in proc.stderr
 
@@ -184,9 +179,84 @@ def test_build_from_an_incomplete_download_names_the_missing_module(tiny_models,
     model = tmp_path / "partial"
     shutil.copytree(tiny_models["tiny-instructor-relu"], model)
     shutil.rmtree(model / "2_Dense")
-    proc = run_script("build_mar.sh", "--model", str(model), "--store", str(tmp_path / "store"))
+    proc = run_script("build_archive.sh", "--model", str(model), "--store", str(tmp_path / "store"))
     assert proc.returncode == 1
     assert "2_Dense" in proc.stderr and "download the model again" in proc.stderr
+
+
+def _unsupported_pooling(model: Path) -> None:
+    (model / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_weightedmean_tokens": True}))
+
+
+def _unsupported_dense_activation(model: Path) -> None:
+    config = json.loads((model / "2_Dense" / "config.json").read_text())
+    (model / "2_Dense" / "config.json").write_text(json.dumps({**config, "activation_function": "x.Evil"}))
+
+
+def _dense_weights_of_another_shape(model: Path) -> None:
+    import torch
+
+    torch.save({"linear.weight": torch.zeros(3, 3)}, model / "2_Dense" / "pytorch_model.bin")
+
+
+def _unreadable_tokenizer(model: Path) -> None:
+    (model / "tokenizer.json").write_text("{not json")
+
+
+@pytest.mark.parametrize("damage", [_unsupported_pooling, _unsupported_dense_activation,
+                                    _dense_weights_of_another_shape, _unreadable_tokenizer])
+def test_a_model_the_server_cannot_load_is_refused_at_build_time_with_the_servers_message(
+        damage, tiny_models, tmp_path):
+    from handler.model_directory import ModelDirectoryError, check_model_directory
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models["tiny-instructor-relu"], model)
+    damage(model)
+    with pytest.raises(ModelDirectoryError) as server_error:
+        check_model_directory(model)
+    with pytest.raises(bma.BuildError) as build_error:
+        bma.build_archive(model, "damaged", tmp_path / "store")
+    assert str(server_error.value) in str(build_error.value)
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_model_without_tokenizer_json_or_spiece_model_is_refused_with_what_to_do(tmp_path):
+    model = tmp_path / "minilm"
+    shutil.copytree(bma.locate_demo_model(), model)
+    (model / "tokenizer.json").unlink()  # BERT: vocab.txt is left, which the server does not read
+    proc = run_script("build_archive.sh", "--model", str(model), "--store", str(tmp_path / "store"))
+    assert proc.returncode == 1
+    assert "tokenizer.json is missing" in proc.stderr and "download the model again" in proc.stderr
+
+
+def test_a_t5_model_with_only_spiece_model_is_served_with_the_same_tokens_and_vectors(
+        tiny_models, reference_fixture, tmp_path):
+    """hkunlp repos ship tokenizer.json; a copy with only spiece.model gets one converted at build time."""
+    from tokenizers import Tokenizer
+
+    from handler.encoder import InstructorEncoder
+    from handler.settings import Settings
+
+    original = tiny_models["tiny-instructor-gated"]
+    model = tmp_path / "spiece-only"
+    shutil.copytree(original, model)
+    (model / "tokenizer.json").unlink()
+    archive = bma.build_archive(model, "spiece", tmp_path / "store")
+    assert not (model / "tokenizer.json").exists()  # the source directory is left as it was
+
+    cases = reference_fixture["cases"]["pairs"]
+    texts = [t for c in cases for t in (c["instruction"], c["text"], c["instruction"] + c["text"])]
+    texts += [t["text"] for t in reference_fixture["cases"]["texts"]]
+    texts += ["a </s> b", "x<pad>y", "  two  spaces ", "Ärger über Öl"]
+    shipped = Tokenizer.from_file(str(original / "tokenizer.json"))
+    converted = Tokenizer.from_file(str(archive / "model" / "tokenizer.json"))
+    assert [e.ids for e in converted.encode_batch(texts)] == [e.ids for e in shipped.encode_batch(texts)]
+
+    expected = reference_fixture["models"]["tiny-instructor-gated"]["encode"]["pairs"]
+    embeddable = [c for c in cases if any(expected[c["id"]]["vector"])]  # 1.0.1's zero rows embed nothing
+    served = InstructorEncoder(archive / "model", Settings(warmup=False))
+    vectors = served.encode([(c["instruction"], c["text"]) for c in embeddable]).vectors
+    assert np.abs(vectors - np.array([expected[c["id"]]["vector"] for c in embeddable])).max() <= 1e-5
 
 
 @pytest.mark.parametrize("env", [
@@ -196,7 +266,7 @@ def test_build_from_an_incomplete_download_names_the_missing_module(tiny_models,
 def test_build_from_a_hub_id_without_network_says_what_to_do(env, tmp_path):
     env = {**env, "HF_HOME": str(tmp_path / "hf-home")}  # an empty cache
     started = time.monotonic()
-    proc = run_script("build_mar.sh", "--model", "hkunlp/instructor-large", "--store", str(tmp_path / "s"),
+    proc = run_script("build_archive.sh", "--model", "hkunlp/instructor-large", "--store", str(tmp_path / "s"),
                       env=env, timeout=120)
     assert proc.returncode == 1
     assert "--model DIR" in proc.stderr and "HF_ENDPOINT" in proc.stderr
@@ -210,7 +280,7 @@ def test_build_from_a_hub_id_offline_uses_the_hugging_face_cache(tiny_models, tm
     (repo_dir / "refs").mkdir(parents=True)
     (repo_dir / "refs" / "main").write_text("0" * 40)
     shutil.copytree(tiny_models["tiny-instructor-gated"], repo_dir / "snapshots" / ("0" * 40))
-    proc = run_script("build_mar.sh", "--model", "hkunlp/instructor-tiny", "--store", str(tmp_path / "s"),
+    proc = run_script("build_archive.sh", "--model", "hkunlp/instructor-tiny", "--store", str(tmp_path / "s"),
                       env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")})
     assert proc.returncode == 0, proc.stderr
     assert "model/model.safetensors" in archive_members(tmp_path / "s" / "instructor-tiny")
@@ -220,12 +290,11 @@ def test_build_from_a_hub_id_offline_uses_the_hugging_face_cache(tiny_models, tm
     (["--precision", "fp16"], "use bfloat16"),
     (["--set", "max_batch_rows=0"], "max_batch_rows"),
     (["--set", "no_such_setting=1"], "unknown setting"),
-    (["--set", "model_subdir=weights"], "model_subdir is fixed"),
     (["--name", "bad name!"], "--name"),
     (["--workers", "0"], "--workers"),
 ])
 def test_build_refuses_bad_settings_before_doing_any_work(flag, message, tmp_path):
-    proc = run_script("build_mar.sh", "--model", "demo", "--store", str(tmp_path / "s"), *flag)
+    proc = run_script("build_archive.sh", "--model", "demo", "--store", str(tmp_path / "s"), *flag)
     assert proc.returncode == 1
     assert message in proc.stderr
     assert not (tmp_path / "s").exists()
@@ -346,10 +415,20 @@ def test_register_is_idempotent_and_pins_the_worker_count(demo_server: TorchServ
 
 
 @pytest.mark.torchserve
+def test_a_second_torchserve_in_the_same_temp_directory_is_refused_with_what_to_do(demo_server: TorchServe,
+                                                                                   tmp_path):
+    with pytest.raises(torchserve_ctl.CtlError, match="already runs") as refused:
+        torchserve_ctl.start(tmp_path, tmpdir=demo_server.tmpdir,
+                             overrides=torchserve_ctl.port_overrides(free_ports(5)))
+    assert f"pid {demo_server.pid}" in str(refused.value) and "scripts/stop.sh" in str(refused.value)
+    assert demo_server.call("GET", "/models", api="management").status == 200  # the first one is untouched
+
+
+@pytest.mark.torchserve
 def test_register_without_an_archive_says_how_to_build_it(demo_server: TorchServe):
     proc = register_with_script(demo_server, "nothing-built", check=False)
     assert proc.returncode == 1
-    assert "scripts/build_mar.sh" in proc.stderr
+    assert "scripts/build_archive.sh" in proc.stderr
 
 
 @pytest.mark.torchserve

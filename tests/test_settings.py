@@ -34,11 +34,21 @@ def test_yaml_values_are_coerced_and_environment_overrides_yaml():
     ({"max_seq_length": 1024, "max_batch_tokens": 512}, "must be >= max_seq_length"),
     ({"warmup": "perhaps"}, "'warmup' must be true or false"),
     ({"batch_size": 8}, "unknown setting(s) ['batch_size']"),
+    ({"max_batch_request_tokens": 0}, "'max_batch_request_tokens' must be >= 1"),
+    ({"tokenizer_threads": "several"}, "'tokenizer_threads' must be an integer"),
+    ({"cuda_graphs": "maybe"}, "'cuda_graphs' must be true or false"),
 ])
 def test_bad_settings_are_refused_with_the_setting_named(section, fragment):
     with pytest.raises(SettingsError) as caught:
         Settings.from_sources(section, environ={})
     assert fragment in str(caught.value)
+
+
+def test_measured_limits_default_to_auto_and_take_integers():
+    assert Settings.from_sources({"max_batch_request_chars": "auto"}, environ={}).max_batch_request_chars is None
+    settings = Settings.from_sources({"max_batch_request_tokens": "4096"},
+                                     environ={"INSTRUCTOR_TOKENIZER_THREADS": "2"})
+    assert settings.max_batch_request_tokens == 4096 and settings.tokenizer_threads == 2
 
 
 def test_settings_round_trip_through_as_dict():

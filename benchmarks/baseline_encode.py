@@ -1,11 +1,11 @@
-"""The seed method: what the origin handler (InstructorEmbedding 1.0.1's ``INSTRUCTOR.encode``) does, for baselines.
+"""The baseline: InstructorEmbedding 1.0.1's ``INSTRUCTOR.encode``, re-implemented on the modern stack.
 
 fp32; one ``encode`` per call; rows sorted by -len(text) (characters) and cut into batches of 32; each batch
 tokenized with the Hugging Face fast tokenizer, padded to its longest row (truncation at 512), run through a
 plain ``T5EncoderModel`` forward; mean pooling over the attention mask with the first k instruction tokens
 zeroed per row (k = tokens(instruction.strip()) - 1, 0 if k <= 1); Dense; L2 normalize; every batch copied to the
-host (``convert_to_numpy``). No token budget, no cross-call batching. This is the baseline the issue's ratios
-are measured against, so it is deliberately not optimised.
+host (``convert_to_numpy``). No token budget, no cross-call batching. This is the baseline the speed-ups are
+measured against, so it is deliberately not optimised. (Result keys call it ``seed``.)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from handler.model_directory import load_dense_layers, read_model_directory
 Pair = tuple[str, str]
 
 
-class SeedEncoder:
+class BaselineEncoder:
     """InstructorEmbedding 1.0.1's encode, on the modern stack (fp32, batches of 32)."""
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", batch_size: int = 32) -> None:

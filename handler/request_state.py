@@ -12,10 +12,24 @@ from handler.request_parsing import ParsedRequest
 
 
 @dataclasses.dataclass
-class RequestSlot:
+class RequestState:
     """Exactly one of ``error`` or ``vectors`` is set once the batch has been through inference."""
 
     request: ParsedRequest | None = None
     items: list[TokenizedPair] = dataclasses.field(default_factory=list)
     vectors: np.ndarray | None = None
     error: ServiceError | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Parsed and tokenized without error: goes to the encoder."""
+        return self.error is None and self.request is not None
+
+    @property
+    def chars(self) -> int:
+        """Characters the tokenizer may have to read for this request (instruction + sentence per pair)."""
+        return sum(len(instruction) + len(text) for instruction, text in self.request.pairs)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(item.input_ids) for item in self.items)

@@ -1,4 +1,4 @@
-"""TorchServe entry point of the seed method: one fp32 ``encode`` per request, as the origin handler did.
+"""TorchServe entry point of the baseline: InstructorEmbedding 1.0.1's encode (fp32), one request at a time.
 
 Used by bench_torchserve.py as the end-to-end baseline (batchSize 1). Responses are compact JSON like the
 project's handler, so the comparison is about the model path, not about response formatting.
@@ -14,17 +14,17 @@ import orjson
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from benchmarks.seed_method import SeedEncoder
+from benchmarks.baseline_encode import BaselineEncoder
 
 
-class SeedHandler(BaseHandler):
+class BaselineHandler(BaseHandler):
     """[instruction, text] (or a list of pairs) in, unit vector(s) out; no cross-request batching."""
 
     def initialize(self, context: Any) -> None:
         properties = context.system_properties
         gpu_id = properties.get("gpu_id")
         device = f"cuda:{int(gpu_id)}" if gpu_id is not None and torch.cuda.is_available() else "cpu"
-        self.encoder = SeedEncoder(Path(properties["model_dir"]) / "model", device)
+        self.encoder = BaselineEncoder(Path(properties["model_dir"]) / "model", device)
         self.initialized = True
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
