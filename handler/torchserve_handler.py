@@ -27,7 +27,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from handler.encoder import InstructorEncoder, TokenizedPair, first_unpoolable, unpoolable_message
 from handler.errors import InputTooLong, InternalError, NothingToEmbed, Overloaded, PayloadTooLarge, ServiceError
 from handler.model_directory import ARCHIVE_MODEL_SUBDIR
-from handler.request_parsing import parse_request
+from handler.protocols import ModelIdentity, Protocol, parse_body, protocol_of, render_error, render_response
 from handler.request_state import RequestState
 from handler.settings import Settings
 from handler.tokenization import PREFIX_ROUNDS_OVERHEAD
@@ -89,6 +89,7 @@ class InstructorHandler(BaseHandler):
         self.metrics: HandlerMetrics | None = None
         self.batch_char_budget = 0
         self.batch_token_budget = 0
+        self.model_identity = ModelIdentity(name="")
 
     def initialize(self, context: Any) -> None:
         properties = context.system_properties
@@ -108,6 +109,7 @@ class InstructorHandler(BaseHandler):
         log.info("budget per dynamic batch: %d characters, %d tokens", self.batch_char_budget,
                  self.batch_token_budget)
         self.metrics = HandlerMetrics(context.metrics, context.model_name)
+        self.model_identity = ModelIdentity.from_context(context)
         self.context = context
         self.initialized = True
 
@@ -166,7 +168,7 @@ class InstructorHandler(BaseHandler):
 
     def _parse(self, index: int, row: dict[str, Any]) -> RequestState:
         try:
-            return RequestState(request=parse_request(request_body(row), self.settings))
+            return RequestState(request=parse_body(request_body(row), self.settings))
         except ServiceError as error:
             return RequestState(error=error)
         except Exception:
@@ -240,19 +242,23 @@ class InstructorHandler(BaseHandler):
         responses = []
         for index, state in enumerate(states):
             self.context.set_response_content_type(index, JSON)
+            protocol = protocol_of(state.request, state.error)  # KServe v1/v2 bodies get KServe's shapes
             if state.error is not None or state.vectors is None:
                 error = state.error or self._internal_error(index)
-                responses.append(self._error_response(index, error))
+                responses.append(self._error_response(index, error, protocol))
+                continue
+            if protocol is not Protocol.NATIVE:
+                responses.append(render_response(state.request, state.vectors, self.model_identity))
                 continue
             responses.append(render_vectors(state.vectors, state.request.single, state.request.encoding_format))
         return responses
 
-    def _error_response(self, index: int, error: ServiceError) -> bytes:
+    def _error_response(self, index: int, error: ServiceError, protocol: Protocol = Protocol.NATIVE) -> bytes:
         phrase = http.HTTPStatus(error.status).phrase
         self.context.set_response_status(error.status, phrase, idx=index)
         if self.metrics:
             self.metrics.record_error(error.type)
-        return orjson.dumps(error.to_body())
+        return render_error(error, protocol)
 
     def _internal_error(self, index: int) -> InternalError:
         return InternalError(

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Container entry point: start TorchServe in production mode (models of the store loaded at start, model API
+# off, token auth on) and stop it gracefully on SIGTERM.
+#
+#   entrypoint.sh [--kserve] [TORCHSERVE ARGS...]
+#
+# Without --kserve: TorchServe alone, with /home/model-server/config.properties unless --ts-config is given.
+# With --kserve: TorchServe from the KServe storage layout (the args name it: --ts-config=/mnt/models/...),
+# then KServe's TorchServe wrapper (the model server on port 8080) in front of it.
+#
+# Environment: DRAIN_DELAY_S (5), TMPDIR (/home/model-server/tmp), KSERVE_WRAPPER (the wrapper's __main__.py in
+# the image), KSERVE_PYTHON (python).
+# On SIGTERM (docker stop, pod deletion): wait DRAIN_DELAY_S (default 5) so that load balancers stop sending
+# new requests, stop the wrapper (it finishes the requests in flight), then stop TorchServe and wait for it.
+set -euo pipefail
+
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+  exit 0
+fi
+
+kserve=false
+if [[ "${1:-}" == "--kserve" ]]; then
+  kserve=true
+  shift
+fi
+args=("$@")
+if [[ ! " ${args[*]} " =~ " --ts-config" ]]; then
+  args+=(--ts-config /home/model-server/config.properties)
+fi
+if [[ -f /home/model-server/log4j2.xml && ! " ${args[*]} " =~ " --log-config" ]]; then
+  args+=(--log-config /home/model-server/log4j2.xml)  # the quiet logging of this project (no per-request echo)
+fi
+ts_config=""
+for i in "${!args[@]}"; do
+  case "${args[$i]}" in
+    --ts-config=*) ts_config="${args[$i]#--ts-config=}" ;;
+    --ts-config) ts_config="${args[$((i + 1))]}" ;;
+  esac
+done
+if [[ ! -f "$ts_config" ]]; then
+  echo "entrypoint: TorchServe config $ts_config not found; mount it (KServe: storageUri with config/config.properties)" >&2
+  exit 1
+fi
+
+export TMPDIR="${TMPDIR:-/home/model-server/tmp}"
+mkdir -p "$TMPDIR"
+drain_delay="${DRAIN_DELAY_S:-5}"
+wrapper_pid=""
+
+stop_all() {
+  echo "entrypoint: SIGTERM: draining for ${drain_delay}s, then stopping" >&2
+  sleep "$drain_delay"
+  if [[ -n "$wrapper_pid" ]]; then
+    kill -TERM "$wrapper_pid" 2>/dev/null || true
+    wait "$wrapper_pid" 2>/dev/null || true
+  fi
+  torchserve --stop --foreground || true
+  exit 0
+}
+trap stop_all TERM INT
+
+# --ncs: no snapshot of a previous run is restored; the config's model_snapshot / load_models decide.
+torchserve --start --ncs "${args[@]}"
+ts_pid=""
+for _ in $(seq 1 100); do
+  ts_pid="$(cat "$TMPDIR/.model_server.pid" 2>/dev/null || true)"
+  [[ -n "$ts_pid" ]] && break
+  sleep 0.1
+done
+if [[ -z "$ts_pid" ]]; then
+  echo "entrypoint: TorchServe did not start; see logs/ in $(pwd)" >&2
+  exit 1
+fi
+
+if $kserve; then
+  # The wrapper reads inference/management addresses and model names from the same config.properties.
+  CONFIG_PATH="$ts_config" "${KSERVE_PYTHON:-python}" "${KSERVE_WRAPPER:-/home/model-server/kserve_wrapper/__main__.py}" &
+  wrapper_pid=$!
+fi
+
+# Stay in the foreground while TorchServe (and the wrapper) live; `wait` returns early on a signal.
+while kill -0 "$ts_pid" 2>/dev/null; do
+  if [[ -n "$wrapper_pid" ]] && ! kill -0 "$wrapper_pid" 2>/dev/null; then
+    echo "entrypoint: the KServe wrapper exited; stopping TorchServe" >&2
+    torchserve --stop --foreground || true
+    exit 1
+  fi
+  sleep 2 &
+  wait $! || true
+done
+echo "entrypoint: TorchServe exited" >&2
+exit 1
