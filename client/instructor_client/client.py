@@ -64,9 +64,14 @@ class _Endpoints:
         self._next = itertools.count()
         self._lock = threading.Lock()
 
-    def pick(self) -> tuple[str, dict[str, str]]:
+    def first(self) -> int:
+        """Where a new request starts: round-robin over the servers."""
         with self._lock:
-            return self.targets[next(self._next) % len(self.targets)]
+            return next(self._next)
+
+    def pick(self, first: int, attempt: int) -> tuple[str, dict[str, str]]:
+        """The server for ``attempt`` of a request: a retry moves on to the next server."""
+        return self.targets[(first + attempt) % len(self.targets)]
 
 
 def _per_url(name: str, value: Any, n: int) -> list[Any]:
@@ -200,9 +205,9 @@ class InstructorClient(_ClientBase):
         ``offset`` is the position of the first pair in the caller's input, for errors' ``index``.
         """
         body = self._body(encoded)
-        attempt = 0
+        attempt, first = 0, self.endpoints.first()
         while True:
-            url, headers = self.endpoints.pick()
+            url, headers = self.endpoints.pick(first, attempt)
             try:
                 response = self._http.post(url, content=body, headers=headers)
             except httpx.TransportError as exc:
@@ -261,9 +266,9 @@ class AsyncInstructorClient(_ClientBase):
     async def embed_request(self, encoded: Sequence[bytes], offset: int = 0) -> list[Vector]:
         """ONE request of already encoded pairs, with retries (see InstructorClient.embed_request)."""
         body = self._body(encoded)
-        attempt = 0
+        attempt, first = 0, self.endpoints.first()
         while True:
-            url, headers = self.endpoints.pick()
+            url, headers = self.endpoints.pick(first, attempt)
             try:
                 response = await self._http.post(url, content=body, headers=headers)
             except httpx.TransportError as exc:
