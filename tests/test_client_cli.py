@@ -151,6 +151,15 @@ def test_a_row_the_server_refuses_is_listed_and_the_others_are_written(server, t
     assert_same(vectors, served(server, [(r["instruction"], r["text"]) for r in kept]))
 
 
+def test_an_unknown_model_stops_the_run_instead_of_failing_row_by_row(server, tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", rows(30))
+    proc = embed_cli(server, "--input", str(source), "--output", str(tmp_path / "out.npy"), "--model", "nope",
+                     "--batch-size", "10", "--concurrency", "1")
+    assert proc.returncode == 1, proc.stderr
+    assert "stopped: 404" in proc.stderr and "--resume" in proc.stderr
+    assert "failed    0 row(s)" in proc.stderr and not (tmp_path / "out.npy").exists()
+
+
 def test_resume_after_kill_9_embeds_each_row_exactly_once(server, tmp_path):
     data = rows(800)
     source = write_jsonl(tmp_path / "in.jsonl", data)

@@ -132,6 +132,9 @@ def _run(args: argparse.Namespace) -> int:
     if bad and args.strict:
         _say(f"--strict: {len(bad)} bad row(s); nothing was sent")
         return EXIT_USAGE
+    if not rows:
+        _say(f"no row to embed in {args.input}: check --input-format, --text-field and --instruction-field")
+        return EXIT_FAILED
 
     store = PartsStore(args.output)
     if args.output.exists() and not store.dir.exists() and not args.overwrite:

@@ -4,7 +4,8 @@ A request the server refuses (4xx) does not sink its neighbours: when the error 
 row is recorded as failed and the rest of the request is sent again; when it does not (a bare 413),
 the request is halved until the failing row stands alone. Failures a retry could not cure (server
 unreachable, queue still full, token refused) stop the run: new requests are no longer sent, the ones
-in flight finish and are stored, and ``--resume`` continues later.
+in flight finish and are stored, and ``--resume`` continues later. So do refusals that are not about a
+row (404 for an unknown model name, ...): bisecting them would only send one request per row.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from instructor_client.client import InstructorClient
-from instructor_client.errors import APIError, AuthenticationError, InstructorServeError, ServerError
+from instructor_client.errors import (
+    APIError,
+    InputTooLongError,
+    InstructorServeError,
+    InvalidInputError,
+    PayloadTooLargeError,
+)
+
+# Refusals that are about a pair the request carried: isolate the row, keep the others going.
+ROW_ERRORS = (InvalidInputError, PayloadTooLargeError, InputTooLongError)
 
 
 @dataclass
@@ -43,7 +53,7 @@ def embed_ranges(client: InstructorClient, encoded: Sequence[bytes], ranges: Seq
                 try:
                     vectors = future.result()
                 except APIError as error:
-                    if isinstance(error, (AuthenticationError, ServerError)):
+                    if not isinstance(error, ROW_ERRORS):  # not about the rows: 404 model, token, 5xx
                         result.fatal = result.fatal or error
                         continue
                     failed_before = len(result.failed)
