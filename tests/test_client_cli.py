@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -185,8 +186,9 @@ def test_resume_after_kill_9_embeds_each_row_exactly_once(server, tmp_path):
     resumed = subprocess.run([*args, "--batch-size", "32", "--concurrency", "2", "--resume"],
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    embedded = int(resumed.stderr.split("embedded  ")[1].split(" pairs")[0])
-    earlier = int(resumed.stderr.split(", ")[-1].split(" stored by an earlier run")[0].split()[-1])
+    counts = re.search(r"embedded  (\d+) pairs .*, (\d+) stored by an earlier run", resumed.stderr)
+    assert counts, resumed.stderr
+    embedded, earlier = int(counts.group(1)), int(counts.group(2))
     assert embedded + earlier == len(data) and earlier >= stored
 
     fresh = subprocess.run([*args[:-1], str(tmp_path / "fresh.parquet"), "--batch-size", "32"],
