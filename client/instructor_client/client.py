@@ -179,8 +179,10 @@ class InstructorClient(_ClientBase):
         position in ``pairs``.
         """
         encoded, ranges = self._plan(pairs, batch_size)
-        vectors: list[Vector | None] = [None] * len(encoded)
         workers = _check_concurrency(self.concurrency if concurrency is None else concurrency)
+        if len(ranges) == 1 and not progress:
+            return self.embed_request(encoded)  # one request (a query): no thread pool on the latency path
+        vectors: list[Vector | None] = [None] * len(encoded)
         with progress_bar(len(encoded), progress) as bar, ThreadPoolExecutor(workers) as pool:
             futures: dict[Future[list[Vector]], int] = {
                 pool.submit(self.embed_request, encoded[start:end], start): start for start, end in ranges
