@@ -83,7 +83,10 @@ class InstructorHandler(BaseHandler):
             try:
                 slots.append(RequestSlot(request=parse_request(request_body(row), self.settings)))
             except ServiceError as error:
-                slots.append(RequestSlot(error=error))
+                # Without its traceback: the frames hold the parsed body, and exception -> traceback ->
+                # frame -> slots -> exception is a cycle that only a full GC frees (measured: 16 refused
+                # 8 MB bodies of nested lists kept the worker at 3.3 GB until then).
+                slots.append(RequestSlot(error=error.with_traceback(None)))
             except Exception:
                 log.exception("unexpected failure parsing request %s", self._request_id(index))
                 slots.append(RequestSlot(error=self._internal_error(index)))
