@@ -12,7 +12,10 @@ An empty instruction ("") embeds the sentence as plain text.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -143,9 +146,24 @@ def _decode_json(raw: bytes | bytearray | memoryview | str) -> Any:
     if not raw or not bytes(raw).strip():
         raise InvalidInput(f"the request body is empty; send JSON like {_FORMS}")
     try:
-        return orjson.loads(raw)
+        with _gc_paused():
+            return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"the request body is not valid JSON ({exc})") from None
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """JSON makes no reference cycles, but every 700 new containers trigger a collection that walks the
+    model's millions of live objects: a 2 MB body of 700k empty lists took 1.7 s to parse in a worker
+    (0.18 s with the collector paused)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _json_type(value: Any) -> str:

@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -956,7 +957,10 @@ def _example(args: argparse.Namespace) -> int:
     keys = read_keys(args.key_file)
     url = f"{base_url(props, 'inference')}/predictions/{args.name}"
     body = json.dumps(EXAMPLE_BODY)
-    auth = f' \\\n  -H "Authorization: Bearer {keys.inference}"' if keys.inference else ""
+    # The key itself is never printed (terminal scrollback and CI logs outlive it): the command reads it.
+    read_key = (f"$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[\"inference\"][\"key\"])' "
+                f"{shlex.quote(str(args.key_file.resolve()))})")
+    auth = f' \\\n  -H "Authorization: Bearer {read_key}"' if keys.inference else ""
     print(f"curl -s -X POST {url}{auth} \\\n  -H 'Content-Type: application/json' \\\n  -d '{body}'")
     if args.check:
         resp = request("POST", url, keys.inference, timeout=args.timeout, body=body.encode(),

@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
+
+# Bodies above config.properties' max_request_size never reach Python: the frontend answers a bare 413.
+MAX_REQUEST_SIZE = next(int(line.split("=", 1)[1]) for line in
+                        (Path(__file__).resolve().parents[1] / "config.properties").read_text().splitlines()
+                        if line.startswith("max_request_size="))
 
 GOOD_PAIR = ["Represent the Science title:", "3D ActionSLAM: wearable person tracking in multi-floor environments"]
 
@@ -22,7 +28,7 @@ class Case:
     @property
     def frontend_only(self) -> bool:
         """Cases the Java frontend answers itself (never reach the handler)."""
-        return self.expect == 413 and len(self.body) > 8_388_608  # config.properties max_request_size
+        return self.expect == 413 and len(self.body) > MAX_REQUEST_SIZE
 
 
 def _json(value: object) -> bytes:
@@ -67,7 +73,10 @@ def cases(max_pairs: int = 256, max_chars: int = 20000, max_seq_tokens: int = 51
         Case("too-many-sentences", _json({"instruction": "", "sentences": ["s"] * (max_pairs + 1)}), expect=413),
         Case("giant-sentence", _json({"inputs": ["", "x" * (max_chars + 1)]}), expect=413),
         Case("giant-instruction", _json({"inputs": ["i" * (max_chars + 1), "x"]}), expect=413),
-        Case("over-request-size", _json({"inputs": [["", "y" * 19_000]] * 470}), expect=413),
+        # Over max_request_size AND max_pairs_per_request: 413 whether the frontend or the handler sees it.
+        Case("over-request-size", _json({"inputs": [["", "y" * (MAX_REQUEST_SIZE // max_pairs)]] * (max_pairs + 1)}),
+             expect=413),
+        Case("nested-lists-within-request-size", b'{"inputs": [' + b"[]," * 600_000 + b'[]]}', expect=413),
         Case("untruncatable", _json({"inputs": ["", "word " * (max_seq_tokens + 10)], "truncate": False}),
              expect=422),
         Case("invalid-utf8", b'{"inputs": ["a", "\xff\xfe\xfd"]}'),

@@ -1,14 +1,16 @@
 """Reliability and security through a real TorchServe (Java frontend, real HTTP, loopback only).
 
-Hostile input, sustained load with every answer checked against its own request, a worker killed
-under load, a full queue, a corrupt model, tokens, bind addresses and registration sources.
+Hostile input, floods of maximal bodies, worker memory after huge requests, sustained load with every
+answer checked against its own request, workers scaled and killed under load, a full queue, a corrupt
+model, tokens, bind addresses, registration from outside the model store (dev and production mode).
 Figures (latencies, recovery time, RSS) are printed and written to build/reliability/*.json;
-docs/reliability.md quotes them. Bounded: ~2.5 minutes on 2 cores with the default 60 s load.
+docs/reliability.md quotes them. Bounded: ~2.5 minutes on 2 cores with the default 20 s load.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import random
@@ -27,8 +29,9 @@ import pytest
 
 from handler.encoder import InstructorEncoder
 from handler.settings import Settings
-from scripts.torchserve_ctl import Registrar
+from scripts.torchserve_ctl import Registrar, read_properties
 from tests.hostile_corpus import GOOD_PAIR, cases
+from tests.stress_workers import stress
 from tests.torchserve_harness import (
     REPO,
     TorchServe,
@@ -41,7 +44,8 @@ from tests.torchserve_harness import (
 pytestmark = pytest.mark.torchserve
 
 MODEL = "tiny"
-LOAD_SECONDS = float(os.environ.get("RELIABILITY_LOAD_SECONDS", "60"))
+LOAD_SECONDS = float(os.environ.get("RELIABILITY_LOAD_SECONDS", "20"))
+STRESS_SECONDS = float(os.environ.get("RELIABILITY_STRESS_SECONDS", "12"))
 FIGURES = REPO / "build" / "reliability"
 WORDS = ("river", "quantum", "bread", "violin", "glacier", "ledger", "orbit", "pepper", "saddle", "tundra",
          "北京", "café", "naïve", "🙂", "Zürich", "data")
@@ -141,10 +145,98 @@ def test_hostile_requests_get_json_4xx_and_never_disturb_the_worker_or_good_neig
         assert status == 200 and check_vectors(payload, vector)
     for case, (status, _, _) in zip(corpus, mixed[len(good_pairs):], strict=True):
         assert status == case.expect, case.name
-    assert worker_pids(server) == pid_before, "a request killed or restarted the worker"
+    pid_after = worker_pids(server)
+    answers = [status for status, _, _ in alone + mixed]
     record("hostile", {"cases": len(corpus), "bad_cases": sum(c.expect >= 400 for c in corpus),
-                       "sent_alone_and_mixed": 2 * len(corpus), "server_errors": 0,
-                       "worker_restarts": 0})
+                       "requests_sent": len(answers), "server_errors": sum(s >= 500 for s in answers),
+                       "statuses": dict(sorted(collections.Counter(answers).items())),
+                       "worker_pid_unchanged": pid_after == pid_before})
+    assert pid_after == pid_before, "a request killed or restarted the worker"
+
+
+# ---- limits --------------------------------------------------------------------------------------
+
+CONFIG = read_properties(REPO / "config.properties")
+MiB = 2**20
+
+
+def jvm_bytes(flag: str) -> int:
+    """The size given to a JVM flag in config.properties' vmargs (e.g. -Xmx2g)."""
+    value = next(arg[len(flag):] for arg in CONFIG["vmargs"].split() if arg.startswith(flag))
+    return int(value[:-1]) * {"k": 2**10, "m": MiB, "g": 2**30}[value[-1].lower()]
+
+
+def test_the_limits_fit_together():
+    """The calculation written in config.properties, redone from the files: a change to one limit that
+    breaks another fails here."""
+    settings = Settings()
+    body_limit, queue = int(CONFIG["max_request_size"]), int(CONFIG["job_queue_size"])
+    # A legitimate maximal request: every pair fills a 512-token window. 512 tokens of CJK are ~700
+    # characters, 4.2 KB as Python's default \\uXXXX escapes (the heaviest common encoding), plus an
+    # instruction of ~200 bytes and the JSON punctuation.
+    window_pair = json.dumps([INSTRUCTIONS[1] * 4, "北京" * 350]).encode()
+    assert settings.max_pairs_per_request * (len(window_pair) + 2) < body_limit
+    # ~512 concurrent single-pair clients queue instead of bouncing with 503.
+    assert queue >= 512
+    # Heap: every queued body + the bodies inside worker batches (GPU recommendation: 2 workers x 128)
+    # + 256 MiB for the server itself.
+    assert queue * body_limit + 2 * 128 * body_limit + 256 * MiB <= jvm_bytes("-Xmx")
+    # Direct memory: as many maximal bodies arriving at once as the queue holds.
+    assert jvm_bytes("-XX:MaxDirectMemorySize=") >= queue * body_limit
+    assert CONFIG["decode_input_request"] == "false"  # the handler parses, one request at a time
+
+
+async def flood(ts: TorchServe, body: bytes, count: int) -> list[tuple[int | str, bytes, float]]:
+    """``count`` copies of ``body`` at once on separate connections; transport errors as strings."""
+    async def one(session):
+        try:
+            return await post(session, ts, body)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            return type(exc).__name__, b"", 0.0
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
+                                     connector=aiohttp.TCPConnector(limit=0)) as session:
+        return await asyncio.gather(*[one(session) for _ in range(count)])
+
+
+def worker_rss_mb(ts: TorchServe) -> float:
+    return psutil.Process(worker_pids(ts)[0]).memory_info().rss / MiB
+
+
+def test_150_bodies_over_max_request_size_at_once_get_413_and_the_worker_never_sees_them(server,
+                                                                                         reference_encoder):
+    limit = int(server.props["max_request_size"])
+    body = json.dumps({"inputs": ["", "x" * (limit + MiB)]}).encode()
+    pid_before = worker_pids(server)
+    started = time.monotonic()
+    results = asyncio.run(flood(server, body, 150))
+    took = time.monotonic() - started
+    statuses = collections.Counter(status for status, _, _ in results)
+    good = server.call("POST", f"/predictions/{MODEL}", {"inputs": list(GOOD_PAIR)})
+    record("flood_over_limit", {"bodies": len(results), "body_mb": round(len(body) / MiB, 1),
+                                "statuses": dict(statuses), "seconds": round(took, 1),
+                                "worker_pid_unchanged": worker_pids(server) == pid_before})
+    assert statuses == {413: 150}, statuses
+    assert worker_pids(server) == pid_before
+    assert good.status == 200 and check_vectors(json.dumps(good.body).encode(),
+                                                reference_encoder.encode([tuple(GOOD_PAIR)]).vectors[0])
+
+
+def test_huge_structures_within_the_limit_get_413_and_worker_memory_returns_to_its_baseline(server):
+    limit = int(server.props["max_request_size"])
+    body = b'{"inputs": [' + b"[]," * ((limit - 64) // 3) + b"[]]}"  # ~700k empty lists
+    pid_before = worker_pids(server)
+    rss_before = worker_rss_mb(server)
+    results = asyncio.run(flood(server, body, 16))
+    rss_after = worker_rss_mb(server)
+    record("nested_lists", {"bodies": 16, "body_mb": round(len(body) / MiB, 2),
+                            "statuses": dict(collections.Counter(s for s, _, _ in results)),
+                            "worker_rss_mb_before": round(rss_before), "worker_rss_mb_after": round(rss_after)})
+    for status, payload, _ in results:
+        assert status == 413 and "max_pairs_per_request" in json.loads(payload)["message"]
+    assert worker_pids(server) == pid_before
+    # Before the fix the worker kept ~200 MB per refused body (16 bodies of 8 MB: 3.3 GB) until a full GC.
+    assert rss_after < rss_before + 150, (rss_before, rss_after)
 
 
 # ---- sustained load ------------------------------------------------------------------------------
@@ -262,6 +354,42 @@ def test_a_killed_worker_is_restarted_and_no_answer_is_ever_wrong(server, refere
     assert after and set(after) == {200}
 
 
+def test_workers_scaled_up_down_and_killed_under_load_never_return_a_wrong_vector(server, model_dir):
+    """The short version of tests/stress_workers.py (the long runs are in docs/reliability.md)."""
+    try:
+        report = stress(server, MODEL, model_dir, seconds=STRESS_SECONDS, clients=8, period=3.0,
+                        max_workers=2, pool_size=256, seed=11)
+    finally:
+        register_with_script(server, MODEL, "--workers", "1")  # back to one READY worker for the others
+    figures = report.as_dict()
+    record("stress_short", figures)
+    assert report.wrong_vectors == 0, figures["wrong_examples"]
+    assert report.actions["kill_9"] >= 1 and report.actions["scale_to_2"] >= 1, figures
+    assert not report.action_failures, figures
+    # What fails is only what was in flight on a worker that was killed or scaled away.
+    assert set(report.statuses) <= {200, 500, 503, 507}, figures
+    assert report.statuses[200] > 0.5 * report.requests, figures
+
+
+@pytest.mark.parametrize("body", [b"inputs=%zz", b"%", b"inputs=%E0%A4%A"])
+def test_a_malformed_form_body_is_refused_by_the_frontend_without_touching_the_worker(server, body):
+    """TorchServe's frontend decodes form bodies itself; Netty's decoder error surfaces as its generic
+    500 (JSON) before any Python runs. Not fixable in the handler: docs/reliability.md shows the proxy
+    rule that refuses form bodies with 415 instead. What must hold: nothing else is disturbed."""
+    pid_before = worker_pids(server)
+
+    async def send():
+        async with aiohttp.ClientSession() as session:
+            return await post(session, server, body, "application/x-www-form-urlencoded")
+
+    status, payload, _ = asyncio.run(send())
+    print(f"\nmalformed form body {body!r}: {status} {payload[:120]!r}")
+    assert status in (400, 500), (status, payload)
+    assert json.loads(payload)["code"] == status
+    assert worker_pids(server) == pid_before
+    assert server.call("POST", f"/predictions/{MODEL}", {"inputs": list(GOOD_PAIR)}).status == 200
+
+
 def test_a_full_queue_answers_503_fast(model_dir, tmp_path, reference_encoder):
     store = tmp_path / "store"
     build_with_script(str(model_dir), MODEL, store, "--batch-size", "1", "--max-batch-delay", "0")
@@ -344,14 +472,99 @@ def test_no_api_is_reachable_on_a_non_loopback_address(server):
             assert sock.connect_ex((address, port)) != 0, f"port {port} answers on {address}"
 
 
+def listed_models(ts: TorchServe) -> list[str]:
+    return [m["modelName"] for m in ts.call("GET", "/models", api="management").body["models"]]
+
+
+def register_from(ts: TorchServe, url: str, name: str = "planted") -> int:
+    query = urllib.parse.urlencode({"url": url, "model_name": name, "initial_workers": 1, "synchronous": "true"})
+    return ts.call("POST", f"/models?{query}", api="management", timeout=120).status
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1:9/evil.mar", "https://example.com/evil.mar",
-                                 "file:///etc/passwd", "/tmp/outside-the-store.mar", "../outside.mar"])
-def test_registration_from_a_url_or_outside_the_model_store_is_refused(server, url, tmp_path):
-    resp = server.call("POST", "/models?" + urllib.parse.urlencode(
-        {"url": url, "model_name": "evil", "initial_workers": 1, "synchronous": "true"}), api="management")
-    assert 400 <= resp.status < 500, resp
-    listed = [m["modelName"] for m in server.call("GET", "/models", api="management").body["models"]]
-    assert "evil" not in listed
+                                 "file:///etc/passwd", "../outside.mar"])
+def test_registration_from_a_url_is_refused(server, url):
+    status = register_from(server, url, "evil")
+    assert 400 <= status < 500, status
+    assert "evil" not in listed_models(server)
+
+
+def planted_model(root: Path) -> tuple[Path, Path]:
+    """A directory OUTSIDE the model store that TorchServe accepts as a model: a MANIFEST and a handler
+    module that leaves a marker file when it is imported (i.e. when the code of the directory runs)."""
+    directory, marker = root / "planted", root / "planted-code-ran"
+    (directory / "MAR-INF").mkdir(parents=True)
+    (directory / "MAR-INF" / "MANIFEST.json").write_text(json.dumps({
+        "runtime": "python", "archiverVersion": "0.12.0",
+        "model": {"modelName": "planted", "handler": "planted_handler.py", "modelVersion": "1.0"}}))
+    (directory / "planted_handler.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n\n\n"
+        "def handle(data, context):\n    return ['planted'] * len(data)\n")
+    return directory, marker
+
+
+def test_with_the_model_api_on_the_management_key_can_run_code_from_any_directory(server, tmp_path):
+    """Why production mode exists: TorchServe 0.12 loads ANY directory given as an absolute path
+    (allowed_urls is never consulted for plain paths) and runs its handler. Development mode accepts
+    this risk behind loopback + the management key; if a TorchServe release ever confines registration
+    to the store, this test fails and the README's security text can be relaxed."""
+    directory, marker = planted_model(tmp_path)
+    assert not directory.is_relative_to(server.model_store)
+    try:
+        status = register_from(server, str(directory))
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), f"the planted handler did not run (registration answered {status})"
+        # ... but never without the management key.
+        marker.unlink()
+        for token in (False, server.keys().inference):
+            query = urllib.parse.urlencode({"url": str(directory), "model_name": "planted2", "initial_workers": 1,
+                                            "synchronous": "true"})
+            resp = server.call("POST", f"/models?{query}", api="management", token=token)
+            assert 400 <= resp.status < 500 and resp.status != 404, resp
+        time.sleep(2)
+        assert not marker.exists()
+    finally:
+        if "planted" in listed_models(server):
+            server.call("DELETE", "/models/planted", api="management")
+
+
+def production_config(models: dict[str, str]) -> dict[str, str]:
+    """config/production.properties on top of config.properties, loading ``models`` (NAME -> url)."""
+    overlay = read_properties(REPO / "config" / "production.properties")
+    return overlay | {"load_models": ",".join(f"{name}={url}" for name, url in models.items())}
+
+
+def test_production_mode_serves_the_start_up_models_and_refuses_every_registration(store, tmp_path,
+                                                                                   reference_encoder):
+    directory, marker = planted_model(tmp_path)
+    war = tmp_path / "planted.war"
+    war.write_bytes(b"PK\x05\x06" + b"\x00" * 18)
+    with running_torchserve(store, config=production_config({MODEL: MODEL})) as ts:
+        registrar = Registrar(ts.management_url, ts.keys().management, ts.key_file, ts.log_dir)
+        info = registrar.wait_ready(MODEL, 1, time.monotonic() + 120)  # minWorkers of the archive: 1
+        good = ts.call("POST", f"/predictions/{MODEL}", {"inputs": list(GOOD_PAIR)})
+        attempts = {
+            "absolute directory": register_from(ts, str(directory)),
+            "name in the store": register_from(ts, MODEL, "again"),
+            "file url": register_from(ts, f"file://{directory}"),
+            "unregister": ts.call("DELETE", f"/models/{MODEL}", api="management").status,
+            "workflow": ts.call("POST", "/workflows?" + urllib.parse.urlencode({"url": str(war)}),
+                                api="management").status,
+        }
+        time.sleep(2)
+        still_listed = listed_models(ts)
+    record("production_mode", {"attempts": attempts, "marker_file": marker.exists(),
+                               "workers": [w["status"] for w in info["workers"]]})
+    assert good.status == 200 and check_vectors(json.dumps(good.body).encode(),
+                                                reference_encoder.encode([tuple(GOOD_PAIR)]).vectors[0])
+    assert {name: attempts[name] for name in ("absolute directory", "name in the store", "file url",
+                                              "unregister")} == dict.fromkeys(
+        ("absolute directory", "name in the store", "file url", "unregister"), 405), attempts
+    assert 400 <= attempts["workflow"] < 500, attempts  # not gated by enable_model_api: refused as not in store
+    assert not marker.exists(), "code of a directory outside the model store ran"
+    assert still_listed == [MODEL]
 
 
 def test_stop_script_stops_every_torchserve_process(store):
