@@ -12,7 +12,8 @@ PHASE
              handler's per-pair breakdown (bench_handler)
   xl         the encoder core in-process, xl
   served     large through TorchServe: the noop ceiling (1 and auto workers), the handler at 1, 2 and auto
-             workers, the baseline, then the 64-pair load with base64 responses
+             workers, then the 64-pair load with base64 responses
+  baseline   large through TorchServe: InstructorEmbedding 1.0.1's encode, one request at a time
   twogpu     large through TorchServe on every visible GPU vs GPU 0 only, same loads, auto workers
   --quick    tiny workloads and the base shape, to check the script itself (on CPU too)
 
@@ -27,7 +28,7 @@ phase="${1:-}"
 quick=0
 [[ "${2:-}" == "--quick" ]] && quick=1
 case "$phase" in
-  inprocess|xl|served|twogpu) ;;
+  inprocess|xl|served|baseline|twogpu) ;;
   -h|--help) usage; exit 0 ;;
   *) usage >&2; exit 2 ;;
 esac
@@ -75,11 +76,15 @@ case "$phase" in
     "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets noop --workers 1,auto --loads "$loads" ||
       echo "bench_torchserve noop FAILED"
     finish
-    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core,baseline --workers 1,2,auto \
-      --loads "$loads" --baseline-loads "$base_loads" || echo "bench_torchserve FAILED"
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers 1,2,auto --loads "$loads" ||
+      echo "bench_torchserve FAILED"
     finish
     "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "16x64:8" \
       --encoding base64 --key-suffix _base64 || echo "bench_torchserve base64 FAILED"
+    ;;
+  baseline)
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets baseline --baseline-loads "$base_loads" ||
+      echo "bench_torchserve baseline FAILED"
     ;;
   twogpu)
     "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets noop,core --workers auto --compare-gpus \
