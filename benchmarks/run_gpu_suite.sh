@@ -54,7 +54,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
   "python", sys.version.split()[0], "cuda", torch.cuda.is_available())'
 
 shape=large; pairs=4096; base_pairs=1024; reps=3; lat=200; hb=20
-loads="1x1:5,256x1:6,512x1:6,16x64:6"; base_loads="1x1:4,64x1:5"; compare_loads="512x1:8,16x64:6"
+loads="1x1:5,256x1:6,512x1:6,16x64:6"; base_loads="1x1:4,64x1:5"; compare_loads="1x1:5,256x1:6,512x1:8,16x64:6"
 if [[ $quick == 1 ]]; then
   shape=base; pairs=64; base_pairs=16; reps=1; lat=3; hb=2
   loads="1x1:2,4x8:2"; base_loads="1x1:2"; compare_loads="4x1:2"
