@@ -76,6 +76,10 @@ class InputTooLongError(APIError):
     """422: a pair over max_seq_length tokens in a request with ``truncate=False``."""
 
 
+class NothingToEmbedError(APIError):
+    """422 NothingToEmbed: a pair whose instruction covers its whole text, leaving no token to embed."""
+
+
 class ServerError(APIError):
     """5xx that is not worth retrying (a handler bug), or a retryable status after the last retry."""
 
@@ -112,7 +116,8 @@ def error_for_status(status: int, body: Any, url: str, offset: int = 0) -> APIEr
     elif status == 413:
         cls = PayloadTooLargeError
     elif status == 422:
-        cls = InputTooLongError
+        kind = body.get("type") if isinstance(body, dict) else None
+        cls = NothingToEmbedError if kind == "NothingToEmbed" else InputTooLongError
     elif status in (503, 507) or (status == 500 and "Worker died" in message):
         cls = ServiceUnavailableError
     elif status >= 500:
