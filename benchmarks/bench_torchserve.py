@@ -42,7 +42,8 @@ from scripts.build_model_archive import ArchiveSpec, build_archive
 
 BENCH = Path(__file__).resolve().parent
 ENTRIES = {"core": None, "noop": BENCH / "noop_handler.py", "baseline": BENCH / "baseline_handler.py"}
-KEY_PART = {"core": "", "noop": "_noop", "baseline": "_seed"}
+# Result keys: {card}_{shape}{before}_torchserve{after}_{load}_...; the baseline keeps its historical "seed".
+KEY_PARTS = {"core": ("", ""), "noop": ("", "_noop"), "baseline": ("_seed", "")}
 
 
 class GpuSampler(threading.Thread):
@@ -193,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         by_run[run_suffix] = measured
         for (target, spec, workers), load_results in measured.items():
             worker_part = "" if target == "baseline" or spec == recommended else f"_{workers}workers"
-            prefix = f"{card}_{args.shape}{KEY_PART[target]}_torchserve"
+            before, after = KEY_PARTS[target]
+            prefix = f"{card}_{args.shape}{before}_torchserve{after}"
             for r in load_results:
                 rows.append([target, workers, gpus or "all", r.load.name, round(r.pairs_per_s, 1),
                              round(r.requests_per_s, 1), round(r.percentile(0.5), 1), round(r.percentile(0.99), 1),

@@ -540,6 +540,15 @@ def build_archive(
 # --------------------------------------------------------------------------- command line
 
 
+def _workers_arg(value: str) -> int:
+    from scripts.torchserve_ctl import CtlError, worker_count
+
+    try:
+        return worker_count(value)
+    except CtlError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _parser(handler_dir: Path) -> tuple[argparse.ArgumentParser, list[str]]:
     p = argparse.ArgumentParser(
         prog="scripts/build_archive.sh",
@@ -572,8 +581,9 @@ def _parser(handler_dir: Path) -> tuple[argparse.ArgumentParser, list[str]]:
     p.add_argument("--format", default=DEFAULT_FORMAT, choices=FORMATS, help="archive format" + d)
     p.add_argument("--store", type=Path, default=DEFAULT_STORE, help="model store to write to" + d)
     p.add_argument("--revision", help="Hugging Face revision (branch, tag or commit) (default: main)")
-    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
-                   help="minWorkers = maxWorkers (each worker holds a full model copy)" + d)
+    p.add_argument("--workers", type=_workers_arg, default=DEFAULT_WORKERS,
+                   help="minWorkers = maxWorkers (each worker holds a full model copy), or auto: what "
+                        "scripts/register.sh --workers auto picks on this machine" + d)
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help="requests TorchServe batches into one handler call" + d)
     p.add_argument("--max-batch-delay", type=int, default=DEFAULT_MAX_BATCH_DELAY_MS, metavar="MS",

