@@ -1,12 +1,12 @@
-"""Pack TorchServe (+ archiver, orjson) and a trimmed Java runtime small enough for ONE device call, and unpack them.
+"""Pack TorchServe (+ archiver, orjson) and a trimmed Java runtime for a GPU host without internet, and unpack them.
 
-A device call carries at most 64 MiB. The torchserve wheel (42 MB) holds a 46 MB jar whose classes compress
-poorly as a zip (per-entry deflate) but well as one xz stream, and a jlink runtime without its own compression
-xz-compresses to ~18 MB: together ~38 MB. ``unpack`` (on the device machine) rebuilds the jar with zipfile;
+Small enough to copy along with the repository: the torchserve wheel (42 MB) holds a 46 MB jar whose classes
+compress poorly as a zip (per-entry deflate) but well as one xz stream, and a jlink runtime without its own
+compression xz-compresses to a few MB: together ~25 MB. ``unpack`` (on the GPU host) rebuilds the jar with zipfile;
 the classpath does not care about entry order or compression.
 
-  python -m benchmarks.ts_bundle pack --wheels .whl --out .tsbundle        # here: needs jlink and pip
-  python -m benchmarks.ts_bundle unpack --bundle .tsbundle --home ~        # there: ~/tssite, ~/jre
+  python -m benchmarks.ts_bundle pack --wheels .whl --out .tsbundle        # with internet: needs jlink and pip
+  python -m benchmarks.ts_bundle unpack --bundle .tsbundle --home ~        # on the GPU host: ~/tssite, ~/jre
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def pack(wheels: Path, out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         site = root / "site"
-        # The device runs CPython 3.12 on x86_64 manylinux: install for that, whatever runs this.
+        # The GPU hosts measured run CPython 3.12 on x86_64 manylinux: install for that, whatever runs this.
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target",
                         str(site), "--python-version", "3.12", "--implementation", "cp", "--only-binary=:all:",
                         "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
