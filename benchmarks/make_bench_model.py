@@ -9,8 +9,7 @@ exact hkunlp T5 configs instead of the real checkpoints (the Hub is unreachable 
 
 Weights are written in bf16: xl is 5 GB in fp32 and generation must stay fast; every loader upcasts them exactly,
 so the fp32 baseline (1.0.1's encode) and the bf16 core see the same numbers. config.json keeps vocab_size
-32128 (the real
-embedding table) although the tokenizer uses fewer ids.
+32128 (the real embedding table) although the tokenizer uses fewer ids.
 
 The tokenizer is a real ``tokenizers`` Unigram model with T5's pipeline (Metaspace pre-tokenizer, ``$A </s>``,
 <pad>=0, </s>=1, <unk>=2, 100 sentinels): a vocabulary of pseudo-words (one token each, so benchmark texts have
