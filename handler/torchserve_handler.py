@@ -21,6 +21,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handler.encoder import InstructorEncoder, TokenizedPair
 from handler.errors import InputTooLong, InternalError, ServiceError
+from handler.memory import release_after
 from handler.request_parsing import parse_request
 from handler.settings import Settings
 from handler.slots import RequestSlot
@@ -75,6 +76,9 @@ class InstructorHandler(BaseHandler):
             log.exception("unexpected failure handling a batch of %d", len(data))
             slots = [RequestSlot(error=self._internal_error(i)) for i in range(len(data))]
             return self.postprocess(slots)
+        finally:
+            release_after(sum(len(body) for body in map(request_body, data)
+                              if isinstance(body, (bytes, bytearray, str))))
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[RequestSlot]:
         """Parse every request; tokenize all valid pairs; per-request errors stay in their slot."""

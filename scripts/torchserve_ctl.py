@@ -461,7 +461,16 @@ def example(args: argparse.Namespace) -> int:
 
 
 def render(args: argparse.Namespace) -> int:
-    text, _ = render_config(env_overrides(os.environ))
+    overrides: dict[str, str] = {}
+    for overlay in args.overlay:  # e.g. config/production.properties
+        overrides.update(read_properties(overlay))
+    overrides.update(env_overrides(os.environ))
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CtlError(f"--set {item!r}: expected KEY=VALUE, e.g. --set load_models=demo=demo")
+        overrides[key.strip()] = value.strip()
+    text, _ = render_config(overrides)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     return 0
@@ -535,6 +544,10 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("render-config", help="write the effective config.properties")
     c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--overlay", type=Path, action="append", default=[],
+                   help="properties file applied on top (e.g. config/production.properties); repeatable")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="one more override, applied last (e.g. load_models=NAME=NAME); repeatable")
     c.set_defaults(func=render)
 
     a = sub.add_parser("archive", help="print the path of NAME's archive in the model store; exit 1 if none")

@@ -17,6 +17,7 @@ import random
 import shutil
 import signal
 import socket
+import stat
 import statistics
 import time
 import urllib.parse
@@ -450,6 +451,10 @@ def test_apis_refuse_missing_or_wrong_tokens(server, api, token):
     keys = server.keys()
     other = keys.management if api == "inference" else keys.inference
     assert 400 <= server.call("POST" if body else "GET", path, body, api=api, token=other).status < 500
+
+
+def test_the_key_file_is_readable_by_the_service_user_only(server):
+    assert stat.S_IMODE(server.key_file.stat().st_mode) == 0o600
 
 
 def non_loopback_address() -> str | None:
