@@ -30,6 +30,7 @@ import pytest
 
 from handler.encoder import InstructorEncoder
 from handler.settings import Settings
+from scripts import torchserve_ctl
 from scripts.torchserve_ctl import Registrar, read_properties
 from tests.hostile_corpus import GOOD_PAIR, cases
 from tests.stress_workers import stress
@@ -538,6 +539,18 @@ def production_config(models: dict[str, str]) -> dict[str, str]:
     """config/production.properties on top of config.properties, loading ``models`` (NAME -> url)."""
     overlay = read_properties(REPO / "config" / "production.properties")
     return overlay | {"load_models": ",".join(f"{name}={url}" for name, url in models.items())}
+
+
+def test_the_documented_production_command_renders_the_overlay(tmp_path):
+    """docs/reliability.md: render-config --overlay config/production.properties --set load_models=..."""
+    out = tmp_path / "production.properties"
+    assert torchserve_ctl.main(["render-config", "--overlay", str(REPO / "config" / "production.properties"),
+                                "--set", "load_models=instructor-large=instructor-large", "--out", str(out)]) == 0
+    props = read_properties(out)
+    assert props["enable_model_api"] == "false"
+    assert props["load_models"] == "instructor-large=instructor-large"
+    assert props["max_request_size"] == CONFIG["max_request_size"]  # everything else from config.properties
+    assert torchserve_ctl.main(["render-config", "--set", "no-equals-sign", "--out", str(out)]) == 1
 
 
 @pytest.fixture(scope="module")
