@@ -201,6 +201,28 @@ async def flood(ts: TorchServe, body: bytes, count: int) -> list[tuple[int | str
         return await asyncio.gather(*[one(session) for _ in range(count)])
 
 
+async def chunked_flood(ts: TorchServe, size: int, count: int) -> list[int | str]:
+    """``count`` bodies of ``size`` bytes at once, sent chunked (no Content-Length header)."""
+    async def chunks():
+        yield b'{"inputs": ["", "'
+        for _ in range(size // 65536 + 1):
+            yield b"x" * 65536
+        yield b'"]}'
+
+    async def one(session):
+        headers = {"Authorization": f"Bearer {ts.keys().inference}", "Content-Type": "application/json"}
+        try:
+            async with session.post(f"{ts.inference_url}/predictions/{MODEL}", data=chunks(),
+                                    headers=headers) as resp:
+                await resp.read()
+                return resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            return type(exc).__name__
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        return await asyncio.gather(*[one(session) for _ in range(count)])
+
+
 def worker_rss_mb(ts: TorchServe) -> float:
     return psutil.Process(worker_pids(ts)[0]).memory_info().rss / MiB
 
@@ -214,11 +236,14 @@ def test_150_bodies_over_max_request_size_at_once_get_413_and_the_worker_never_s
     results = asyncio.run(flood(server, body, 150))
     took = time.monotonic() - started
     statuses = collections.Counter(status for status, _, _ in results)
+    chunked = collections.Counter(asyncio.run(chunked_flood(server, limit + MiB, 16)))
     good = server.call("POST", f"/predictions/{MODEL}", {"inputs": list(GOOD_PAIR)})
     record("flood_over_limit", {"bodies": len(results), "body_mb": round(len(body) / MiB, 1),
                                 "statuses": dict(statuses), "seconds": round(took, 1),
+                                "chunked_without_length": dict(chunked),
                                 "worker_pid_unchanged": worker_pids(server) == pid_before})
     assert statuses == {413: 150}, statuses
+    assert chunked == {413: 16}, chunked  # no Content-Length: refused once the limit is read, not after
     assert worker_pids(server) == pid_before
     assert good.status == 200 and check_vectors(json.dumps(good.body).encode(),
                                                 reference_encoder.encode([tuple(GOOD_PAIR)]).vectors[0])
