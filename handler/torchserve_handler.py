@@ -11,6 +11,7 @@ This file must define exactly one class: TorchServe's loader refuses modules wit
 from __future__ import annotations
 
 import base64
+import gc
 import http
 import logging
 import os
@@ -26,6 +27,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handler.encoder import InstructorEncoder, TokenizedPair, first_unpoolable, unpoolable_message
 from handler.errors import InputTooLong, InternalError, NothingToEmbed, Overloaded, PayloadTooLarge, ServiceError
+from handler.memory import release_after
 from handler.model_directory import ARCHIVE_MODEL_SUBDIR
 from handler.protocols import ModelIdentity, Protocol, parse_body, protocol_of, render_error, render_response
 from handler.request_state import RequestState
@@ -111,6 +113,10 @@ class InstructorHandler(BaseHandler):
         self.metrics = HandlerMetrics(context.metrics, context.model_name)
         self.model_identity = ModelIdentity.from_context(context)
         self.context = context
+        # The model, torch and transformers leave hundreds of thousands of long-lived objects that every full
+        # garbage collection would walk again (0.66 s each with the demo model, measured on a 2-core VM): set
+        # them aside.
+        gc.freeze()
         self.initialized = True
 
     def _measured_char_budget(self, response_timeout_s: float) -> int:
@@ -138,6 +144,9 @@ class InstructorHandler(BaseHandler):
             log.exception("unexpected failure handling a batch of %d", len(data))
             states = [RequestState(error=self._internal_error(i)) for i in range(len(data))]
             return self.postprocess(states)
+        finally:
+            release_after(sum(len(body) for body in map(request_body, data)
+                              if isinstance(body, (bytes, bytearray, str))))
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[RequestState]:
         """Parse every request; tokenize all valid pairs in one call; per-request errors stay with their request."""

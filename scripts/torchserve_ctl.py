@@ -878,8 +878,17 @@ def _cli_overrides(args: argparse.Namespace) -> dict[str, str]:
     return overrides
 
 
+def _overlay_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """--overlay files (e.g. config/production.properties), then the TS_* variables, then --set."""
+    overrides: dict[str, str] = {}
+    for overlay in args.overlay:
+        overrides.update(read_properties(overlay))
+    overrides.update(_cli_overrides(args))
+    return overrides
+
+
 def _start(args: argparse.Namespace) -> int:
-    server = start(args.workdir, base_config=args.config, overrides=_cli_overrides(args),
+    server = start(args.workdir, base_config=args.config, overrides=_overlay_overrides(args),
                    config_file=args.config_out, log_dir=args.log_dir, log_config=args.log_config,
                    timeout=args.timeout, reuse=args.reuse)
     if server.started_s:
@@ -973,7 +982,7 @@ def _example(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    text, _ = render_config(_cli_overrides(args))
+    text, _ = render_config(_overlay_overrides(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     return 0
@@ -1014,6 +1023,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds to wait until it answers" + d)
     s.add_argument("--reuse", action="store_true",
                    help="succeed if a TorchServe started from WORKDIR already runs for this temp directory")
+    s.add_argument("--overlay", type=Path, action="append", default=[],
+                   help="properties file applied on top (e.g. config/production.properties); repeatable")
     settable(s)
     s.set_defaults(func=_start)
 
@@ -1094,6 +1105,8 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("render-config", help="write the effective config.properties")
     c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--overlay", type=Path, action="append", default=[],
+                   help="properties file applied on top (e.g. config/production.properties); repeatable")
     settable(c)
     c.set_defaults(func=_render)
 
