@@ -18,6 +18,8 @@ from instructor_client import (
     InvalidPairError,
     PayloadTooLargeError,
 )
+from tests.served_vectors import assert_same
+from tests.served_vectors import served as served_vectors
 from tests.torchserve_harness import TorchServe, build_with_script, free_ports, register_with_script, running_torchserve
 
 pytestmark = pytest.mark.torchserve
@@ -43,19 +45,8 @@ def client(server: TorchServe):
 
 
 def served(ts: TorchServe, pairs) -> np.ndarray:
-    """The server's own answer for pairs, one direct /predictions request per 200 pairs."""
-    out = []
-    for start in range(0, len(pairs), 200):
-        resp = ts.call("POST", f"/predictions/{NAME}", {"inputs": [list(p) for p in pairs[start:start + 200]]})
-        assert resp.status == 200, resp
-        out.extend(resp.body)
-    return np.array(out, dtype=np.float32)
+    return served_vectors(ts, NAME, pairs)
 
-
-def assert_same(got, want) -> None:
-    """Equal up to float32 rounding: a pair's vector moves by ~1e-7 with the rows batched beside it on the
-    server; any misplaced or wrong vector differs by far more."""
-    np.testing.assert_allclose(np.asarray(got, dtype=np.float32), want, rtol=0, atol=1e-6)
 
 
 def corpus(n: int) -> list[tuple[str, str]]:

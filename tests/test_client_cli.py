@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.served_vectors import assert_same
+from tests.served_vectors import served as served_vectors
 from tests.torchserve_harness import REPO, TorchServe, build_with_script, register_with_script, running_torchserve
 
 pytestmark = pytest.mark.torchserve
@@ -45,17 +47,8 @@ def embed_cli(ts: TorchServe, *args: str, env: dict[str, str] | None = None) -> 
 
 
 def served(ts: TorchServe, pairs) -> np.ndarray:
-    out = []
-    for start in range(0, len(pairs), 200):
-        resp = ts.call("POST", f"/predictions/{NAME}", {"inputs": [list(p) for p in pairs[start:start + 200]]})
-        assert resp.status == 200, resp
-        out.extend(resp.body)
-    return np.array(out, dtype=np.float32)
+    return served_vectors(ts, NAME, pairs)
 
-
-def assert_same(got, want) -> None:
-    """Equal up to the ~1e-7 a vector moves with its batch neighbours; a wrong or misplaced row is far off."""
-    np.testing.assert_allclose(np.asarray(got, dtype=np.float32), want, rtol=0, atol=1e-6)
 
 
 def rows(n: int) -> list[dict[str, object]]:
