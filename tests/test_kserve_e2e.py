@@ -1,6 +1,6 @@
 """KServe v1 and v2 through a real TorchServe in production mode, started from the KServe storage layout.
 
-A tiny INSTRUCTOR model is archived with scripts/build_mar.sh --format mar, turned into the storageUri layout by
+A tiny INSTRUCTOR model is archived with scripts/build_archive.sh --format mar, turned into the storageUri layout by
 deploy/kserve/make_storage.py (--token-auth on) and served by TorchServe 0.12 with no envelope; the model loads
 at start-up from the layout's model_snapshot and the model API is off. Requests go to the paths KServe uses,
 POST /v1/models/<name>:predict and POST /v2/models/<name>/infer, with the inference token.

@@ -37,7 +37,7 @@ def test_mistakes_get_messages_that_say_what_to_do(tmp_path, archive):
     not_mar = tmp_path / "x.mar"
     not_mar.write_text("no zip")
     proc = make_storage(not_mar, tmp_path / "out")
-    assert proc.returncode == 1 and "build_mar.sh --format mar" in proc.stderr
+    assert proc.returncode == 1 and "build_archive.sh --format mar" in proc.stderr
     out = tmp_path / "full"
     out.mkdir()
     (out / "keep").write_text("x")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Turn a .mar built by ``scripts/build_mar.sh --format mar`` into KServe's TorchServe storageUri layout.
+"""Turn a .mar built by ``scripts/build_archive.sh --format mar`` into KServe's TorchServe storageUri layout.
 
     OUT/config/config.properties   TorchServe's configuration, production mode (see below)
     OUT/config/metrics.yaml        the handler's metric declarations (config/metrics.yaml of this repository)
@@ -42,9 +42,9 @@ def read_archive(mar: Path) -> dict[str, Any]:
     import yaml
 
     if not mar.is_file():
-        raise LayoutError(f"{mar} is not a file; build one with: scripts/build_mar.sh --format mar --model ...")
+        raise LayoutError(f"{mar} is not a file; build one with: scripts/build_archive.sh --format mar --model ...")
     if not zipfile.is_zipfile(mar):
-        raise LayoutError(f"{mar} is not a .mar (zip) archive; build one with scripts/build_mar.sh --format mar")
+        raise LayoutError(f"{mar} is not a .mar (zip) archive; build one with scripts/build_archive.sh --format mar")
     with zipfile.ZipFile(mar) as archive:
         try:
             manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
@@ -150,12 +150,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="deploy/kserve/make_storage.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  scripts/build_mar.sh --model hkunlp/instructor-large --format mar --store model_store\n"
+        epilog="example:\n  scripts/build_archive.sh --model hkunlp/instructor-large --format mar --store model_store\n"
                "  deploy/kserve/make_storage.py --archive model_store/instructor-large.mar --out kserve-storage\n"
                "  gsutil -m cp -r kserve-storage/* gs://BUCKET/instructor-large/   # or aws s3 cp, or a PVC",
     )
     d = " (default: %(default)s)"
-    parser.add_argument("--archive", type=Path, required=True, help="the .mar built by build_mar.sh --format mar")
+    parser.add_argument("--archive", type=Path, required=True, help="the .mar built by build_archive.sh --format mar")
     parser.add_argument("--out", type=Path, required=True, help="directory to write the layout into")
     parser.add_argument("--name", help="model name served (default: the archive's)")
     parser.add_argument("--workers", type=int, help="workers per pod; on GPU one per GPU (default: the archive's)")
