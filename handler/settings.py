@@ -62,7 +62,7 @@ class Settings:
     # kills the worker): characters given to the tokenizer (sum over its pairs of instruction + sentence)
     # and tokens given to the encoder (after truncation). A request over a limit alone is refused (413);
     # requests that would take a batch over it are answered 503 (retry). None: measured at start-up, as
-    # what this worker tokenizes (worst-case text) in 20% of responseTimeout and embeds in 50% of it. The
+    # what this worker tokenizes (worst-case text) in 10% of responseTimeout and embeds in 25% of it. The
     # measurement assumes the worker has its device to itself: pin both when several CPU workers share cores.
     max_batch_request_chars: int | None = None
     max_batch_request_tokens: int | None = None

@@ -36,6 +36,8 @@ _WHOLE_CHARS_PER_TOKEN = 4
 _MARGIN = 1.25  # the next prefix aims this much past the limit, at the characters per token seen so far
 _MIN_GROWTH, _MAX_GROWTH = 2, 16
 _POOL_MIN_TEXTS = 8
+# Characters given to the tokenizer in one call: its encodings live until the call's results are read.
+_CHARS_PER_CALL = 1_000_000
 # A text whose whole length must be tokenized costs the most per character when it is one long word of
 # punctuation, CJK characters, one letter or combining marks (measured on T5 Unigram and BERT WordPiece).
 _WORST_CASE_PROBE = " ".join(["." * 2000, "\u4e2d" * 2000, "x" * 2000, "e" + "\u0301" * 2000])
@@ -59,22 +61,23 @@ class BoundedTokenizer:
         """(token ids with special tokens, truncated?) per text, exactly as truncation at max_length gives them."""
         results: list[tuple[list[int], bool] | None] = [None] * len(texts)
         short = [i for i, text in enumerate(texts) if len(text) <= self._whole_chars]
-        for i, encoding in zip(short, self._encode_many([texts[i] for i in short], whole=True), strict=True):
-            results[i] = encoding.ids, bool(encoding.overflowing)
+        for group in _groups(short, [len(texts[i]) for i in short]):
+            for i, encoding in zip(group, self._encode_many([texts[i] for i in group], whole=True), strict=True):
+                results[i] = encoding.ids, bool(encoding.overflowing)
         window = {i: self._whole_chars for i, text in enumerate(texts) if len(text) > self._whole_chars}
         while window:
             prefixes = {i: _prefix(texts[i], chars) for i, chars in window.items()}
-            order = list(prefixes)
-            encodings = self._encode_many([prefixes[i] for i in order], whole=False)
             next_window = {}
-            for i, encoding in zip(order, encodings, strict=True):
-                whole = len(prefixes[i]) == len(texts[i])
-                complete = _complete_tokens(encoding)
-                if whole or complete >= self._content_limit:
-                    results[i] = self._finish(encoding, truncated=len(encoding.ids) > self._content_limit)
-                else:
-                    growth = self._content_limit * _MARGIN / max(complete, 1)
-                    next_window[i] = int(window[i] * min(max(growth, _MIN_GROWTH), _MAX_GROWTH))
+            for group in _groups(list(prefixes), [len(prefix) for prefix in prefixes.values()]):
+                encodings = self._encode_many([prefixes[i] for i in group], whole=False)
+                for i, encoding in zip(group, encodings, strict=True):
+                    whole = len(prefixes[i]) == len(texts[i])
+                    complete = _complete_tokens(encoding)
+                    if whole or complete >= self._content_limit:
+                        results[i] = self._finish(encoding, truncated=len(encoding.ids) > self._content_limit)
+                    else:
+                        growth = self._content_limit * _MARGIN / max(complete, 1)
+                        next_window[i] = int(window[i] * min(max(growth, _MIN_GROWTH), _MAX_GROWTH))
             window = next_window
         return results  # type: ignore[return-value]  # every slot is filled once the loop ends
 
@@ -98,6 +101,20 @@ class BoundedTokenizer:
         if truncated:
             encoding.truncate(self._content_limit)
         return self._tokenizer.post_process(encoding, None, True).ids, truncated
+
+
+def _groups(indices: list[int], lengths: list[int]) -> list[list[int]]:
+    """Consecutive groups of at most _CHARS_PER_CALL characters (one text at least): an Encoding keeps offsets,
+    token strings and masks for every token, ~100 bytes a token, so a call's memory is bounded by its text."""
+    groups: list[list[int]] = []
+    size = 0
+    for index, length in zip(indices, lengths, strict=True):
+        if not groups or size + length > _CHARS_PER_CALL:
+            groups.append([])
+            size = 0
+        groups[-1].append(index)
+        size += length
+    return groups
 
 
 def _load(tokenizer_file: str | Path) -> Tokenizer:

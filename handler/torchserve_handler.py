@@ -46,9 +46,10 @@ JSON = "application/json"
 DEFAULT_RESPONSE_TIMEOUT_S = 120
 # Shares of responseTimeout a dynamic batch may spend tokenizing (its characters priced at the worst-case
 # text) and embedding (its tokens priced at the speed measured at start-up, on a small batch: slower per
-# token than a full one). Together under 0.75: the rest is margin for TorchServe's own work and noise.
-_TOKENIZE_SHARE_OF_TIMEOUT = 0.2
-_EMBED_SHARE_OF_TIMEOUT = 0.5
+# token than a full one). Together ~a third: margin for TorchServe's own work, noise and slower moments, and
+# a flood's surplus requests get their 503 within that time rather than after minutes.
+_TOKENIZE_SHARE_OF_TIMEOUT = 0.1
+_EMBED_SHARE_OF_TIMEOUT = 0.25
 
 
 def select_device(gpu_id: Any, cuda_available: bool) -> str:

@@ -94,3 +94,21 @@ def test_long_texts_are_tokenized_only_as_far_as_the_limit_needs(tokenizer_files
 
 def test_the_worst_case_price_per_character_is_measured(tokenizer_files):
     assert 0 < BoundedTokenizer(tokenizer_files["t5-unigram"], 512).seconds_per_char() < 1e-3
+
+
+def test_large_inputs_go_to_the_tokenizer_in_bounded_calls_with_the_same_result(tokenizer_files, monkeypatch):
+    """An Encoding keeps ~100 bytes per token: 4,096 one-word texts of 8,000 characters in one call held
+    gigabytes. Calls are capped in characters; the result must not depend on the cap."""
+    from handler import tokenization
+
+    texts = ["i" * 3000 + "x" * 3000, "word " * 300, "short", "中" * 2500] * 6
+    bounded = BoundedTokenizer(tokenizer_files["t5-unigram"], 128)
+    expected = bounded.encode(texts)
+    counting = CountingTokenizer(bounded._tokenizer)
+    calls = []
+    counting.encode_batch = lambda batch, add_special_tokens=True: calls.append(sum(map(len, batch))) or \
+        counting.inner.encode_batch(batch, add_special_tokens=add_special_tokens)
+    bounded._tokenizer = counting
+    monkeypatch.setattr(tokenization, "_CHARS_PER_CALL", 20_000)
+    assert bounded.encode(texts) == expected
+    assert calls and max(calls) <= 20_000 + 6000  # one text may exceed the cap alone
