@@ -72,9 +72,9 @@ class BoundedTokenizer:
                 encodings = self._encode_many([prefixes[i] for i in group], whole=False)
                 for i, encoding in zip(group, encodings, strict=True):
                     whole = len(prefixes[i]) == len(texts[i])
-                    complete = _complete_tokens(encoding)
+                    complete = 0 if whole else _complete_tokens(encoding)
                     if whole or complete >= self._content_limit:
-                        results[i] = self._finish(encoding, truncated=len(encoding.ids) > self._content_limit)
+                        results[i] = self._finish(encoding, truncated=len(encoding) > self._content_limit)
                     else:
                         growth = self._content_limit * _MARGIN / max(complete, 1)
                         next_window[i] = int(window[i] * min(max(growth, _MIN_GROWTH), _MAX_GROWTH))
@@ -148,12 +148,15 @@ _JOINERS = frozenset("\u200c\u200d" + "".join(chr(c) for c in range(0xFE00, 0xFE
 
 
 def _complete_tokens(encoding: Encoding) -> int:
-    """Tokens of every word but the last one (which the cut may have shortened)."""
-    words = encoding.word_ids
-    if not words:
+    """Tokens of every word but the last one (which the cut may have shortened).
+
+    Asks for the last word's token span instead of reading ``word_ids``: a list of every token's word would
+    cost a Python int per token, millions for a batch of long one-word texts."""
+    count = len(encoding)
+    if count == 0:
         return 0
-    last = words[-1]
-    count = len(words)
-    while count and words[count - 1] == last:
-        count -= 1
-    return count
+    last = encoding.token_to_word(count - 1)
+    if last is None:
+        return count
+    span = encoding.word_to_tokens(last)
+    return span[0] if span else count
