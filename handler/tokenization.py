@@ -56,6 +56,7 @@ class BoundedTokenizer:
         # Room for the text's own tokens once the post-processor's special tokens (</s>; [CLS] [SEP]) are added.
         self._content_limit = max(0, max_length - self._tokenizer.num_special_tokens_to_add(False))
         self._whole_chars = max(16, self._content_limit * _WHOLE_CHARS_PER_TOKEN)
+        self._template = self._special_token_template()
 
     def encode(self, texts: Sequence[str]) -> list[tuple[list[int], bool]]:
         """(token ids with special tokens, truncated?) per text, exactly as truncation at max_length gives them."""
@@ -98,9 +99,29 @@ class BoundedTokenizer:
         return (time.perf_counter() - started) / len(_WORST_CASE_PROBE)
 
     def _finish(self, encoding: Encoding, truncated: bool) -> tuple[list[int], bool]:
+        """The special tokens added to the first content_limit tokens, as the library's post-processor does."""
+        if self._template is not None:
+            before, after = self._template
+            return before + encoding.ids[:self._content_limit] + after, truncated
+        # A post-processor that is not a fixed prefix/suffix: the library's own (slower: Encoding.truncate
+        # keeps the cut tokens as overflow, and post_process processes them too).
         if truncated:
             encoding.truncate(self._content_limit)
         return self._tokenizer.post_process(encoding, None, True).ids, truncated
+
+    def _special_token_template(self) -> tuple[list[int], list[int]] | None:
+        """(ids before, ids after) the text's tokens when the post-processor only wraps them in fixed special
+        tokens (T5: [] and [</s>]; BERT: [CLS] and [SEP]); checked on probes, else None."""
+        probes = ["a", "Represent the title: 3D ActionSLAM", "x" * 50]
+        plain = [self._tokenizer.encode(p, add_special_tokens=False).ids for p in probes]
+        full = [self._tokenizer.encode(p, add_special_tokens=True).ids for p in probes]
+        n = len(plain[0])
+        for start in range(len(full[0]) - n + 1):
+            if full[0][start:start + n] == plain[0]:
+                before, after = full[0][:start], full[0][start + n:]
+                if all(f == before + q + after for f, q in zip(full, plain, strict=True)):
+                    return before, after
+        return None
 
 
 def _groups(indices: list[int], lengths: list[int]) -> list[list[int]]:

@@ -112,3 +112,14 @@ def test_large_inputs_go_to_the_tokenizer_in_bounded_calls_with_the_same_result(
     monkeypatch.setattr(tokenization, "_CHARS_PER_CALL", 20_000)
     assert bounded.encode(texts) == expected
     assert calls and max(calls) <= 20_000 + 6000  # one text may exceed the cap alone
+
+
+@pytest.mark.parametrize("family", ["t5-unigram", "bert-wordpiece"])
+def test_special_tokens_are_added_as_the_library_adds_them(tokenizer_files, family):
+    """The fixed prefix/suffix taken from the post-processor equals the library's own post-processing."""
+    bounded = BoundedTokenizer(tokenizer_files[family], 64)
+    assert bounded._template is not None  # both families wrap the text in fixed special tokens
+    texts = ["word " * 200, "x" * 3000, "a b", "</s> [SEP] inside", "\ufdfa" * 50]
+    fast = bounded.encode(texts)
+    bounded._template = None  # the library's path: Encoding.truncate + post_process
+    assert bounded.encode(texts) == fast
