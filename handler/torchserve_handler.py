@@ -50,6 +50,7 @@ DEFAULT_RESPONSE_TIMEOUT_S = 120
 # a flood's surplus requests get their 503 within that time rather than after minutes.
 _TOKENIZE_SHARE_OF_TIMEOUT = 0.1
 _EMBED_SHARE_OF_TIMEOUT = 0.25
+_REMEASURE_EVERY_S = 600.0
 
 
 def select_device(gpu_id: Any, cuda_available: bool) -> str:
@@ -92,6 +93,8 @@ class InstructorHandler(BaseHandler):
         self.metrics: HandlerMetrics | None = None
         self.batch_char_budget = 0
         self.batch_token_budget = 0
+        self._response_timeout_s = float(DEFAULT_RESPONSE_TIMEOUT_S)
+        self._budgets_measured_at: float | None = None  # None: both budgets are set, never measured
         self.model_identity = ModelIdentity(name="")
 
     def initialize(self, context: Any) -> None:
@@ -106,11 +109,8 @@ class InstructorHandler(BaseHandler):
         self.encoder = InstructorEncoder(model_dir, self.settings, device)
         if self.settings.warmup:
             log.info("warm-up took %.2f s", self.encoder.warmup())
-        timeout = float(yaml_config.get("responseTimeout") or DEFAULT_RESPONSE_TIMEOUT_S)
-        self.batch_char_budget = self.settings.max_batch_request_chars or self._measured_char_budget(timeout)
-        self.batch_token_budget = self.settings.max_batch_request_tokens or self._measured_token_budget(timeout)
-        log.info("budget per dynamic batch: %d characters, %d tokens", self.batch_char_budget,
-                 self.batch_token_budget)
+        self._response_timeout_s = float(yaml_config.get("responseTimeout") or DEFAULT_RESPONSE_TIMEOUT_S)
+        self._set_budgets()
         self.metrics = HandlerMetrics(context.metrics, context.model_name)
         self.model_identity = ModelIdentity.from_context(context)
         self.context = context
@@ -119,6 +119,24 @@ class InstructorHandler(BaseHandler):
         # them aside.
         gc.freeze()
         self.initialized = True
+
+    def _set_budgets(self) -> None:
+        timeout = self._response_timeout_s
+        self.batch_char_budget = self.settings.max_batch_request_chars or self._measured_char_budget(timeout)
+        self.batch_token_budget = self.settings.max_batch_request_tokens or self._measured_token_budget(timeout)
+        if self.settings.max_batch_request_chars is None or self.settings.max_batch_request_tokens is None:
+            self._budgets_measured_at = time.monotonic()
+        log.info("budget per dynamic batch: %d characters, %d tokens", self.batch_char_budget,
+                 self.batch_token_budget)
+
+    def _remeasure_before_refusing(self, states: list[RequestState], cost: Callable[[RequestState], int],
+                                   budget: int) -> None:
+        """A measured budget is only as good as the moment it was measured (a busy start-up gives a low one):
+        before a request is refused as too large, measure again, at most every _REMEASURE_EVERY_S."""
+        if self._budgets_measured_at is None or time.monotonic() - self._budgets_measured_at < _REMEASURE_EVERY_S:
+            return
+        if any(state.ready and cost(state) > budget for state in states):
+            self._set_budgets()
 
     def _measured_char_budget(self, response_timeout_s: float) -> int:
         """Characters this worker surely tokenizes in its share of responseTimeout (worst-case text, one thread,
@@ -133,8 +151,9 @@ class InstructorHandler(BaseHandler):
         A small batch is slower per token than a full one, so the estimate errs towards refusing too early.
         """
         pairs = [("Represent the sentence:", "budget probe " * n) for n in (4, 16, 64, 128)]
-        tokens_per_s = max(stats.tokens / max(stats.seconds, 1e-6)
-                           for stats in (self.encoder.encode(pairs).stats for _ in range(2)))
+        runs = [self.encoder.encode(pairs).stats for _ in range(2)]
+        log.info("budget probe: %s", ", ".join(f"{s.tokens} tokens in {s.seconds * 1000:.1f} ms" for s in runs))
+        tokens_per_s = max(stats.tokens / max(stats.seconds, 1e-6) for stats in runs)
         return max(self.encoder.max_seq_length, int(tokens_per_s * response_timeout_s * _EMBED_SHARE_OF_TIMEOUT))
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
@@ -153,6 +172,7 @@ class InstructorHandler(BaseHandler):
         """Parse every request; tokenize all valid pairs in one call; per-request errors stay with their request."""
         states = [self._parse(index, row) for index, row in enumerate(data)]
         # Characters first, before any tokenization: a flood of long texts must not cost its tokenization.
+        self._remeasure_before_refusing(states, lambda state: state.chars, self.batch_char_budget)
         self._admit(states, "characters", lambda state: state.chars, self.batch_char_budget,
                     "max_batch_request_chars")
         ready = [state for state in states if state.ready]
@@ -172,6 +192,7 @@ class InstructorHandler(BaseHandler):
         for state in states:
             if state.ready:
                 state.error = _item_error(state, self.encoder.max_seq_length)
+        self._remeasure_before_refusing(states, lambda state: state.tokens, self.batch_token_budget)
         self._admit(states, "tokens", lambda state: state.tokens, self.batch_token_budget,
                     "max_batch_request_tokens")
         return states

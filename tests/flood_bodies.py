@@ -12,6 +12,7 @@ and the frontend's "OutOfMemoryError" log lines.
         --set decode_input_request=true
 
 Kinds: text = 256 pairs of one repeated letter (valid within the handler's limits up to ~10 MB);
+expanding = one instruction of 20,000 x U+FDFA (18 characters each after NFKC) for 256 empty sentences;
 lists = {"inputs": [[], [], ...]} (refused by the handler: too many pairs). Loopback only; the flood
 itself is bounded by --timeout (default 60 s).
 """
@@ -38,6 +39,8 @@ def make_body(kind: str, size: int) -> bytes:
     if kind == "text":
         per = max(1, (size - 40) // 512 - 8)
         return json.dumps({"inputs": [["i" * per, "x" * per]] * 256}).encode()
+    if kind == "expanding":  # each character becomes 18 under NFKC: 20,000 of them, 256 times (size ignored)
+        return json.dumps({"instruction": "\ufdfa" * 20000, "sentences": [""] * 256}, ensure_ascii=False).encode()
     count = max(1, (size - 20) // 3)
     return b'{"inputs": [' + b"[]," * (count - 1) + b"[]]}"
 
@@ -123,7 +126,7 @@ def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.flood_bodies", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     d = " (default: %(default)s)"
-    p.add_argument("--kind", choices=("text", "lists"), default="text", help="body content" + d)
+    p.add_argument("--kind", choices=("text", "expanding", "lists"), default="text", help="body content" + d)
     p.add_argument("--count", type=int, default=150, help="concurrent bodies (at most 150)" + d)
     p.add_argument("--bytes", type=int, default=8_300_000, help="size of each body" + d)
     p.add_argument("--timeout", type=float, default=60.0, help="client timeout of the flood, s (<= 60)" + d)

@@ -124,3 +124,19 @@ def test_both_encodings_carry_the_float32_values_bit_for_bit():
     assert np.array_equal(np.stack([np.frombuffer(base64.b64decode(t), dtype="<f4") for t in as_base64]), vectors)
     single = orjson.loads(render_vectors(vectors[:1], single=True, encoding_format="base64"))
     assert isinstance(single, str) and np.array_equal(np.frombuffer(base64.b64decode(single), "<f4"), vectors[0])
+
+
+def test_a_measured_budget_is_measured_again_before_it_refuses_a_request(default_handler):
+    """A busy start-up measures a low speed; the worker measures again (at most every 10 minutes) before it
+    refuses a request as too large, instead of refusing until it restarts."""
+    import time
+
+    handler, context = default_handler
+    body = {"instruction": INSTRUCTION, "sentences": ["word " * 30] * 4}
+    handler.batch_token_budget = 10  # as if measured while the machine was busy
+    handler._budgets_measured_at = time.monotonic()
+    [(status, answer)] = run(handler, context, [body])
+    assert status == 413 and "max_batch_request_tokens" in answer["message"]  # measured just now: refused
+    handler._budgets_measured_at = time.monotonic() - 601
+    [(status, _)] = run(handler, context, [body])
+    assert status == 200 and handler.batch_token_budget > 100  # measured again, then served
