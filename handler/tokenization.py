@@ -29,15 +29,14 @@ from pathlib import Path
 from tokenizers import Encoding, Tokenizer
 
 # Texts up to this many characters per token of the limit are tokenized whole, in one call that truncates
-# as the library does (every workload text, and English up to ~2,000 characters); longer ones go by
-# prefixes, the first of this length, so expansion-heavy text (U+FDFA: 18 characters after NFKC) costs at
-# most this many characters' worth.
+# as the library does (every workload text, and English up to ~2,000 characters); longer ones go by prefixes.
 _WHOLE_CHARS_PER_TOKEN = 4
 _MARGIN = 1.25  # the next prefix aims this much past the limit, at the characters per token seen so far
 _MIN_GROWTH, _MAX_GROWTH = 2, 16
 _POOL_MIN_TEXTS = 8
 # Characters given to the tokenizer in one call: its encodings live until the call's results are read.
-_CHARS_PER_CALL = 1_000_000
+# Counted before normalisation, which can multiply them by 18 (U+FDFA).
+_CHARS_PER_CALL = 256_000
 # A text whose whole length must be tokenized costs the most per character when it is one long word of
 # punctuation, CJK characters, one letter or combining marks (measured on T5 Unigram and BERT WordPiece).
 _WORST_CASE_PROBE = " ".join(["." * 2000, "\u4e2d" * 2000, "x" * 2000, "e" + "\u0301" * 2000])
@@ -65,7 +64,10 @@ class BoundedTokenizer:
         for group in _groups(short, [len(texts[i]) for i in short]):
             for i, encoding in zip(group, self._encode_many([texts[i] for i in group], whole=True), strict=True):
                 results[i] = encoding.ids, bool(encoding.overflowing)
-        window = {i: self._whole_chars for i, text in enumerate(texts) if len(text) > self._whole_chars}
+        # Long texts start from one character per token of the limit: enough to learn their characters per
+        # token (English then needs one more round of ~2,900 characters), and a text that expands under NFKC
+        # produces a few thousand tokens instead of tens of thousands.
+        window = {i: max(16, self._content_limit) for i, text in enumerate(texts) if len(text) > self._whole_chars}
         while window:
             prefixes = {i: _prefix(texts[i], chars) for i, chars in window.items()}
             next_window = {}

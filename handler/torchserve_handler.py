@@ -158,15 +158,18 @@ class InstructorHandler(BaseHandler):
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
         self.context = context
+        states: list[RequestState] = []
         try:
-            return self.postprocess(self.inference(self.preprocess(data)))
+            states = self.preprocess(data)
+            return self.postprocess(self.inference(states))
         except Exception:  # last resort: answer every request instead of TorchServe's bare 503
             log.exception("unexpected failure handling a batch of %d", len(data))
-            states = [RequestState(error=self._internal_error(i)) for i in range(len(data))]
-            return self.postprocess(states)
+            return self.postprocess([RequestState(error=self._internal_error(i)) for i in range(len(data))])
         finally:
-            release_after(sum(len(body) for body in map(request_body, data)
-                              if isinstance(body, (bytes, bytearray, str))))
+            # Big bodies, or small ones whose text made big work (NFKC expansion): either leaves heap behind.
+            body_bytes = sum(len(body) for body in map(request_body, data) if isinstance(body, (bytes, bytearray, str)))
+            text_chars = sum(state.chars for state in states if state.request is not None)
+            release_after(max(body_bytes, text_chars))
 
     def preprocess(self, data: list[dict[str, Any]]) -> list[RequestState]:
         """Parse every request; tokenize all valid pairs in one call; per-request errors stay with their request."""

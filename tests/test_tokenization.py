@@ -79,8 +79,8 @@ class CountingTokenizer:
 
 
 @pytest.mark.parametrize(("text", "most_chars"), [
-    ("\ufdfa" * 20000, 2100),  # 360,000 characters after NFKC; one 2,044-character prefix is enough
-    ("Represent the document for retrieval: " * 600, 8000),  # 22,800 characters of English: a third at most
+    ("\ufdfa" * 20000, 600),  # 360,000 characters after NFKC; one 511-character prefix is enough
+    ("Represent the document for retrieval: " * 600, 5000),  # 22,800 characters of English: two prefixes
 ])
 def test_long_texts_are_tokenized_only_as_far_as_the_limit_needs(tokenizer_files, text, most_chars):
     bounded = BoundedTokenizer(tokenizer_files["t5-unigram"], 512)
