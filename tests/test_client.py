@@ -207,3 +207,14 @@ def test_llama_index_embedding_equals_instructor_embedding_1_0_1(server, referen
         got = emb.get_text_embedding_batch([cases[i]["text"] for i in rows])
         assert np.abs(np.array(got) - want[rows]).max() <= 1e-5, instruction
         assert np.abs(np.array(emb.get_query_embedding(cases[rows[0]]["text"])) - want[rows[0]]).max() <= 1e-5
+
+
+def test_large_texts_are_split_under_the_servers_body_limit(server, client):
+    """200 texts of 15,000 characters are ~3 MB of JSON: one request would get TorchServe's bare 413."""
+    pairs = [("Represent the document:", f"document {i} " + "word " * 3000) for i in range(200)]
+    body = sum(len(text) for _, text in pairs)
+    limit = int(server.props["max_request_size"])
+    assert body > limit  # the case is real: it does not fit one request
+    got = client.embed(pairs, batch_size=256)
+    assert len(got) == 200
+    assert_same(got[:3], served(server, pairs[:3]))

@@ -1,7 +1,7 @@
 """Check the caller's pairs and cut them into requests the server accepts.
 
 The server refuses (413) more than ``max_pairs_per_request`` pairs (256 by default) and TorchServe
-refuses bodies over ``max_request_size`` (8 MiB in this repository's config.properties), so a request
+refuses bodies over ``max_request_size`` (2 MiB in this repository's config.properties), so a request
 holds at most ``batch_size`` pairs AND at most ``MAX_REQUEST_BYTES`` of JSON.
 """
 
@@ -16,8 +16,8 @@ Pair = tuple[str, str]
 
 # The server's default max_pairs_per_request: a larger batch_size is refused before anything is sent.
 MAX_PAIRS_PER_REQUEST = 256
-# Under TorchServe's max_request_size (8 MiB here, 6.25 MiB in a stock TorchServe) with room to spare.
-MAX_REQUEST_BYTES = 6_000_000
+# Under TorchServe's max_request_size (2 MiB here, 6.25 MiB in a stock TorchServe) with room to spare.
+MAX_REQUEST_BYTES = 1_900_000
 
 
 def check_pairs(pairs: Iterable[Sequence[str]]) -> list[Pair]:

@@ -103,9 +103,11 @@ model_snapshot={snapshot}
 default_workers_per_model={settings["minWorkers"]}
 default_response_timeout={settings["responseTimeout"]}
 default_startup_timeout={settings["startupTimeout"]}
+# Limits from the calculation in the repository's config.properties: 2 MiB bodies, raw bodies to the handler.
 job_queue_size={args.job_queue_size}
-max_request_size=8388608
+max_request_size=2097152
 max_response_size=16777216
+decode_input_request=false
 
 # --- Metrics: Prometheus text on metrics_address/metrics ---
 metrics_mode=prometheus
@@ -113,7 +115,7 @@ metrics_config={mount}/config/metrics.yaml
 model_metrics_auto_detect=false
 
 # --- JVM: the frontend only queues and routes requests ---
-vmargs=-Xmx{args.java_heap}
+vmargs=-Xmx{args.java_heap} -XX:MaxDirectMemorySize=1g
 """
 
 
@@ -169,8 +171,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metrics-address", default="http://0.0.0.0:8082", help="Prometheus metrics" + d)
     parser.add_argument("--grpc-inference-port", type=int, default=7070, help="loopback gRPC inference" + d)
     parser.add_argument("--grpc-management-port", type=int, default=7071, help="loopback gRPC management" + d)
-    parser.add_argument("--job-queue-size", type=int, default=100, help="requests queued per model" + d)
-    parser.add_argument("--java-heap", default="1g", help="frontend JVM -Xmx" + d)
+    parser.add_argument("--job-queue-size", type=int, default=512, help="requests queued per model" + d)
+    parser.add_argument("--java-heap", default="2g", help="frontend JVM -Xmx" + d)
     parser.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     args = parser.parse_args(argv)
     for flag in ("workers", "batch_size"):
