@@ -31,9 +31,11 @@ from handler.errors import InvalidInput, ServiceError
 from handler.request_parsing import (
     Pair,
     ParsedRequest,
-    _check_count,
-    _checked_string,
-    _json_type,
+    check_count,
+    checked_bool,
+    checked_list,
+    checked_string,
+    json_type,
     parse_request,
 )
 from handler.settings import Settings
@@ -149,32 +151,27 @@ def render_error(error: ServiceError, protocol: Protocol) -> bytes:
 
 def _parse_v1(body: dict[str, Any], settings: Settings) -> list[Pair]:
     _refuse_unknown(body, _V1_KEYS, "")
-    if not isinstance(body.get("truncate", True), bool):
-        raise InvalidInput(f"'truncate' must be true or false; got {_json_type(body['truncate'])}")
-    instances = body["instances"]
-    if not isinstance(instances, list):
-        raise InvalidInput(f"'instances' must be a list; got {_json_type(instances)}")
-    if not instances:
-        raise InvalidInput("'instances' is empty; send [[instruction, text], ...]")
-    _check_count(len(instances), "instances", settings)
+    checked_bool(body.get("truncate", True), "truncate")
+    instances = checked_list(body["instances"], "instances", empty_hint="send [[instruction, text], ...]")
+    check_count(len(instances), "instances", settings)
     pairs = []
     for index, item in enumerate(instances):
         field = f"instances[{index}]"
         if isinstance(item, list):
             if len(item) != 2:
                 raise InvalidInput(f"{field} must be [instruction, text]; got a list of {len(item)}")
-            pairs.append((_checked_string(item[0], f"{field}[0] (instruction)", settings),
-                          _checked_string(item[1], f"{field}[1] (text)", settings)))
+            pairs.append((checked_string(item[0], f"{field}[0] (instruction)", settings),
+                          checked_string(item[1], f"{field}[1] (text)", settings)))
         elif isinstance(item, dict):
             _refuse_unknown(item, _V1_INSTANCE_KEYS, f"{field}.")
             if "text" not in item:
                 raise InvalidInput(f"{field}.text is missing")
-            pairs.append((_checked_string(item.get("instruction", ""), f"{field}.instruction", settings),
-                          _checked_string(item["text"], f"{field}.text", settings)))
+            pairs.append((checked_string(item.get("instruction", ""), f"{field}.instruction", settings),
+                          checked_string(item["text"], f"{field}.text", settings)))
         else:
             raise InvalidInput(
                 f"{field} must be [instruction, text] or {{\"instruction\": ..., \"text\": ...}}; "
-                f"got {_json_type(item)}"
+                f"got {json_type(item)}"
             )
     return pairs
 
@@ -185,14 +182,10 @@ def _parse_v2(body: dict[str, Any], settings: Settings) -> tuple[list[Pair], boo
     _refuse_unknown(body, _V2_KEYS, "")
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise InvalidInput(f"'id' must be a string; got {_json_type(request_id)}")
+        raise InvalidInput(f"'id' must be a string; got {json_type(request_id)}")
     truncate = _v2_parameters(body)
     _v2_requested_outputs(body.get("outputs"))
-    inputs = body["inputs"]
-    if not isinstance(inputs, list):
-        raise InvalidInput(f"'inputs' must be a list of tensors; got {_json_type(inputs)}")
-    if not inputs:
-        raise InvalidInput(f"'inputs' is empty; send {_V2_FORMS}")
+    inputs = checked_list(body["inputs"], "inputs", kind="a list of tensors", empty_hint=f"send {_V2_FORMS}")
     for index, tensor in enumerate(inputs):
         _check_tensor(tensor, f"inputs[{index}]")
     if len(inputs) == 1:
@@ -208,13 +201,13 @@ def _v2_parameters(body: dict[str, Any]) -> bool:
     """Request parameters are free-form in the protocol; two of them matter here."""
     parameters = body.get("parameters", {})
     if not isinstance(parameters, dict):
-        raise InvalidInput(f"'parameters' must be an object; got {_json_type(parameters)}")
+        raise InvalidInput(f"'parameters' must be an object; got {json_type(parameters)}")
     if parameters.get("binary_data_output"):
         raise InvalidInput("parameters.binary_data_output: binary outputs are not supported; "
                            "omit it (outputs are JSON)")
     truncate = parameters.get("truncate", True)
     if not isinstance(truncate, bool):
-        raise InvalidInput(f"parameters.truncate must be true or false; got {_json_type(truncate)}")
+        raise InvalidInput(f"parameters.truncate must be true or false; got {json_type(truncate)}")
     return truncate
 
 
@@ -222,18 +215,18 @@ def _v2_requested_outputs(outputs: Any) -> None:
     if outputs is None:
         return
     if not isinstance(outputs, list):
-        raise InvalidInput(f"'outputs' must be a list; got {_json_type(outputs)}")
+        raise InvalidInput(f"'outputs' must be a list; got {json_type(outputs)}")
     for index, output in enumerate(outputs):
         field = f"outputs[{index}]"
         if not isinstance(output, dict):
             raise InvalidInput(f"{field} must be an object like {{\"name\": \"{OUTPUT_NAME}\"}}; "
-                               f"got {_json_type(output)}")
+                               f"got {json_type(output)}")
         if output.get("name") != OUTPUT_NAME:
             raise InvalidInput(f"{field}.name must be '{OUTPUT_NAME}' (the model's only output); "
                                f"got {output.get('name')!r}")
         parameters = output.get("parameters") or {}
         if not isinstance(parameters, dict):
-            raise InvalidInput(f"{field}.parameters must be an object; got {_json_type(parameters)}")
+            raise InvalidInput(f"{field}.parameters must be an object; got {json_type(parameters)}")
         if parameters.get("binary_data"):
             raise InvalidInput(f"{field}.parameters.binary_data: binary outputs are not supported; "
                                "set it to false (outputs are JSON)")
@@ -242,24 +235,24 @@ def _v2_requested_outputs(outputs: Any) -> None:
 def _check_tensor(tensor: Any, field: str) -> None:
     if not isinstance(tensor, dict):
         raise InvalidInput(f"{field} must be a tensor object {{name, datatype, shape, data}}; "
-                           f"got {_json_type(tensor)}")
+                           f"got {json_type(tensor)}")
     _refuse_unknown(tensor, _V2_TENSOR_KEYS, f"{field}.")
     for key in ("name", "datatype"):
         if not isinstance(tensor.get(key), str):
-            raise InvalidInput(f"{field}.{key} must be a string; got {_json_type(tensor.get(key))}")
+            raise InvalidInput(f"{field}.{key} must be a string; got {json_type(tensor.get(key))}")
     if tensor["datatype"] != "BYTES":
         raise InvalidInput(f"{field}.datatype must be BYTES (strings); got {tensor['datatype']!r}")
     shape = tensor.get("shape")
     if not (isinstance(shape, list) and all(type(dim) is int and dim >= 0 for dim in shape)):
-        raise InvalidInput(f"{field}.shape must be a list of non-negative integers; got {_json_type(shape)}")
+        raise InvalidInput(f"{field}.shape must be a list of non-negative integers; got {json_type(shape)}")
     parameters = tensor.get("parameters", {})
     if not isinstance(parameters, dict):
-        raise InvalidInput(f"{field}.parameters must be an object; got {_json_type(parameters)}")
+        raise InvalidInput(f"{field}.parameters must be an object; got {json_type(parameters)}")
     if "binary_data_size" in parameters or "shared_memory_region" in parameters:
         raise InvalidInput(f"{field}.parameters: binary and shared-memory tensor data are not supported; "
                            "send the strings in 'data' (JSON)")
     if not isinstance(tensor.get("data"), list):
-        raise InvalidInput(f"{field}.data must be a list of strings; got {_json_type(tensor.get('data'))}")
+        raise InvalidInput(f"{field}.data must be a list of strings; got {json_type(tensor.get('data'))}")
 
 
 def _v2_pairs_tensor(tensor: dict[str, Any], settings: Settings) -> list[Pair]:
@@ -269,7 +262,7 @@ def _v2_pairs_tensor(tensor: dict[str, Any], settings: Settings) -> list[Pair]:
         raise InvalidInput(f"{field}.shape must be [n, 2] with n >= 1 ([instruction, text] rows); got {shape}"
                            f"; or send two tensors named 'instruction' and 'text'")
     rows = shape[0]
-    _check_count(rows, f"{field}.shape[0]", settings)
+    check_count(rows, f"{field}.shape[0]", settings)
     if all(isinstance(item, list) for item in data):  # nested: [[instruction, text], ...]
         if len(data) != rows or any(len(row) != 2 for row in data):
             raise InvalidInput(f"{field}.data must hold {rows} rows of 2 strings, as {field}.shape {shape} says")
@@ -292,7 +285,7 @@ def _v2_named_tensors(inputs: list[dict[str, Any]], settings: Settings) -> list[
     if len(text["shape"]) != 1 or text["shape"][0] < 1:
         raise InvalidInput(f"{text_field}.shape must be [n] with n >= 1; got {text['shape']}")
     rows = text["shape"][0]
-    _check_count(rows, f"{text_field}.shape[0]", settings)
+    check_count(rows, f"{text_field}.shape[0]", settings)
     # One instruction ([1]) applies to every text, like the native compact form.
     if instruction["shape"] not in ([rows], [1]):
         raise InvalidInput(f"{instruction_field}.shape must be [{rows}] (one per text) or [1]; "
@@ -310,8 +303,8 @@ def _v2_named_tensors(inputs: list[dict[str, Any]], settings: Settings) -> list[
 
 def _checked_bytes_pair(instruction: Any, text: Any, instruction_field: str, text_field: str,
                         settings: Settings) -> Pair:
-    return (_checked_string(instruction, f"{instruction_field} (instruction)", settings),
-            _checked_string(text, f"{text_field} (text)", settings))
+    return (checked_string(instruction, f"{instruction_field} (instruction)", settings),
+            checked_string(text, f"{text_field} (text)", settings))
 
 
 # --- shared -----------------------------------------------------------------------------------------------

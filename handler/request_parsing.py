@@ -43,17 +43,15 @@ def parse_request(body: Any, settings: Settings) -> ParsedRequest:
     if isinstance(body, (bytes, bytearray, memoryview, str)):
         body = _decode_json(body)
     if not isinstance(body, dict):
-        raise InvalidInput(f"the request body must be a JSON object like {_FORMS}; got {_json_type(body)}")
+        raise InvalidInput(f"the request body must be a JSON object like {_FORMS}; got {json_type(body)}")
     unknown = [key for key in body if key not in _ALLOWED_KEYS]
     if unknown:
         raise InvalidInput(f"unknown field {unknown[0]!r}; allowed fields: {', '.join(_ALLOWED_KEYS)}")
 
-    truncate = body.get("truncate", True)
-    if not isinstance(truncate, bool):
-        raise InvalidInput(f"'truncate' must be true or false; got {_json_type(truncate)}")
+    truncate = checked_bool(body.get("truncate", True), "truncate")
     encoding_format = body.get("encoding_format", "float")
     if encoding_format not in ENCODING_FORMATS:
-        shown = repr(encoding_format) if isinstance(encoding_format, str) else _json_type(encoding_format)
+        shown = repr(encoding_format) if isinstance(encoding_format, str) else json_type(encoding_format)
         raise InvalidInput(f"'encoding_format' must be one of {', '.join(map(repr, ENCODING_FORMATS))}; got {shown}")
 
     if "inputs" in body:
@@ -70,10 +68,7 @@ def parse_request(body: Any, settings: Settings) -> ParsedRequest:
 
 
 def _parse_inputs(inputs: Any, settings: Settings) -> list[Pair]:
-    if not isinstance(inputs, list):
-        raise InvalidInput(f"'inputs' must be a list; got {_json_type(inputs)}")
-    if not inputs:
-        raise InvalidInput("'inputs' is empty; send [instruction, sentence] or a list of such pairs")
+    checked_list(inputs, "inputs", empty_hint="send [instruction, sentence] or a list of such pairs")
     if all(isinstance(item, str) for item in inputs):
         if len(inputs) != 2:
             raise InvalidInput(
@@ -83,13 +78,13 @@ def _parse_inputs(inputs: Any, settings: Settings) -> list[Pair]:
         return [_checked_pair(inputs, "inputs", settings)]
     if isinstance(inputs[0], str):
         bad = next(i for i, item in enumerate(inputs) if not isinstance(item, str))
-        raise InvalidInput(f"inputs[{bad}] must be a string like inputs[0]; got {_json_type(inputs[bad])}")
-    _check_count(len(inputs), "inputs", settings)
+        raise InvalidInput(f"inputs[{bad}] must be a string like inputs[0]; got {json_type(inputs[bad])}")
+    check_count(len(inputs), "inputs", settings)
     pairs = []
     for index, item in enumerate(inputs):
         field = f"inputs[{index}]"
         if not isinstance(item, list):
-            raise InvalidInput(f"{field} must be [instruction, sentence]; got {_json_type(item)}")
+            raise InvalidInput(f"{field} must be [instruction, sentence]; got {json_type(item)}")
         if len(item) != 2:
             raise InvalidInput(f"{field} must be [instruction, sentence]; got a list of {len(item)}")
         pairs.append(_checked_pair(item, field, settings))
@@ -101,24 +96,36 @@ def _parse_compact(body: dict[str, Any], settings: Settings) -> list[Pair]:
         raise InvalidInput("missing field 'instruction' (use \"\" for plain sentences)")
     if "sentences" not in body:
         raise InvalidInput("missing field 'sentences' (a list of strings)")
-    instruction = _checked_string(body["instruction"], "instruction", settings)
-    sentences = body["sentences"]
-    if not isinstance(sentences, list):
-        raise InvalidInput(f"'sentences' must be a list of strings; got {_json_type(sentences)}")
-    if not sentences:
-        raise InvalidInput("'sentences' is empty")
-    _check_count(len(sentences), "sentences", settings)
-    return [(instruction, _checked_string(s, f"sentences[{i}]", settings)) for i, s in enumerate(sentences)]
+    instruction = checked_string(body["instruction"], "instruction", settings)
+    sentences = checked_list(body["sentences"], "sentences", kind="a list of strings")
+    check_count(len(sentences), "sentences", settings)
+    return [(instruction, checked_string(s, f"sentences[{i}]", settings)) for i, s in enumerate(sentences)]
 
 
 def _checked_pair(item: list[Any], field: str, settings: Settings) -> Pair:
-    return (_checked_string(item[0], f"{field}[0] (instruction)", settings),
-            _checked_string(item[1], f"{field}[1] (sentence)", settings))
+    return (checked_string(item[0], f"{field}[0] (instruction)", settings),
+            checked_string(item[1], f"{field}[1] (sentence)", settings))
 
 
-def _checked_string(value: Any, field: str, settings: Settings) -> str:
+def checked_bool(value: Any, field: str) -> bool:
+    """``value`` if it is true or false, else InvalidInput naming ``field``."""
+    if not isinstance(value, bool):
+        raise InvalidInput(f"'{field}' must be true or false; got {json_type(value)}")
+    return value
+
+
+def checked_list(value: Any, field: str, kind: str = "a list", empty_hint: str = "") -> list[Any]:
+    """``value`` if it is a non-empty list, else InvalidInput naming ``field`` (and what to send instead)."""
+    if not isinstance(value, list):
+        raise InvalidInput(f"'{field}' must be {kind}; got {json_type(value)}")
+    if not value:
+        raise InvalidInput(f"'{field}' is empty" + (f"; {empty_hint}" if empty_hint else ""))
+    return value
+
+
+def checked_string(value: Any, field: str, settings: Settings) -> str:
     if not isinstance(value, str):
-        raise InvalidInput(f"{field} must be a string; got {_json_type(value)}")
+        raise InvalidInput(f"{field} must be a string; got {json_type(value)}")
     if len(value) > settings.max_chars_per_text:
         raise PayloadTooLarge(
             f"{field} has {len(value)} characters; the limit is {settings.max_chars_per_text} "
@@ -132,7 +139,7 @@ def _checked_string(value: Any, field: str, settings: Settings) -> str:
     return value
 
 
-def _check_count(count: int, field: str, settings: Settings) -> None:
+def check_count(count: int, field: str, settings: Settings) -> None:
     if count > settings.max_pairs_per_request:
         raise PayloadTooLarge(
             f"'{field}' has {count} items; the limit is {settings.max_pairs_per_request} per request "
@@ -166,7 +173,7 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
              int: "a number", float: "a number", type(None): "null"}
     return names.get(type(value), type(value).__name__)
