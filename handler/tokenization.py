@@ -40,7 +40,8 @@ _CHARS_PER_CALL = 256_000
 # A text whose whole length must be tokenized costs the most per character when it is one long word of
 # punctuation, CJK characters, one letter or combining marks (measured on T5 Unigram and BERT WordPiece).
 _WORST_CASE_PROBE = " ".join(["." * 2000, "\u4e2d" * 2000, "x" * 2000, "e" + "\u0301" * 2000])
-# Growing prefixes re-tokenize the start of a text: at most ~1.3x its length in all (x4 growth or more).
+# Growing prefixes re-tokenize the start of a text. A text that must be read whole (few tokens per character,
+# the costly case this prices) grows x16 a round: ~1.1x its length in all; 1.5 leaves margin.
 PREFIX_ROUNDS_OVERHEAD = 1.5
 
 
