@@ -97,7 +97,7 @@ def measure(server: torchserve_ctl.Server, name: str, loads: list[Load], args: a
         result = run_load(url, server.keys().inference, load, pairs, args.processes, args.warmup, dimension,
                           timeout=args.response_timeout, encoding_format=args.encoding)
         sampler.join()
-        result.gpu = sampler.report()  # type: ignore[attr-defined]
+        result.gpu = sampler.report()
         out.append(result)
         print(f"  {label} {load.name}: {result.pairs_per_s:,.1f} pairs/s ({result.requests_per_s:,.0f} req/s), "
               f"p50 {result.percentile(0.5):.1f} ms, p99 {result.percentile(0.99):.1f} ms, GPU {result.gpu}, "
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in load_results:
                 rows.append([target, workers, gpus or "all", r.load.name, round(r.pairs_per_s, 1),
                              round(r.requests_per_s, 1), round(r.percentile(0.5), 1), round(r.percentile(0.99), 1),
-                             getattr(r, "gpu", "-"), r.requests, r.errors])
+                             r.gpu, r.requests, r.errors])
                 key = f"{prefix}_{r.load.name}"
                 tail = f"{worker_part}{run_suffix}{args.key_suffix}"
                 figures[f"{key}_pairs_per_s{tail}"] = r.pairs_per_s

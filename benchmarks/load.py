@@ -51,6 +51,7 @@ class LoadResult:
     window: float = 0.0
     latencies_ms: list[float] = dataclasses.field(default_factory=list)
     first_error: str = ""
+    gpu: str = "-"  # GPU utilisation seen during the window, filled in by the caller when it samples it
 
     @property
     def pairs_per_s(self) -> float:
