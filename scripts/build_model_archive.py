@@ -44,6 +44,7 @@ from handler.model_directory import (  # noqa: E402 - needs the path above
     ModelDirectoryError,
     check_model_directory,
 )
+from scripts.torchserve_ctl import workers_arg  # noqa: E402 - the launcher owns what --workers auto means
 
 DEFAULT_STORE = REPO_ROOT / "model_store"
 DEFAULT_HANDLER_DIR = REPO_ROOT / "handler"
@@ -540,15 +541,6 @@ def build_archive(
 # --------------------------------------------------------------------------- command line
 
 
-def _workers_arg(value: str) -> int:
-    from scripts.torchserve_ctl import CtlError, worker_count
-
-    try:
-        return worker_count(value)
-    except CtlError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def _parser(handler_dir: Path) -> tuple[argparse.ArgumentParser, list[str]]:
     p = argparse.ArgumentParser(
         prog="scripts/build_archive.sh",
@@ -581,7 +573,7 @@ def _parser(handler_dir: Path) -> tuple[argparse.ArgumentParser, list[str]]:
     p.add_argument("--format", default=DEFAULT_FORMAT, choices=FORMATS, help="archive format" + d)
     p.add_argument("--store", type=Path, default=DEFAULT_STORE, help="model store to write to" + d)
     p.add_argument("--revision", help="Hugging Face revision (branch, tag or commit) (default: main)")
-    p.add_argument("--workers", type=_workers_arg, default=DEFAULT_WORKERS,
+    p.add_argument("--workers", type=workers_arg, default=DEFAULT_WORKERS,
                    help="minWorkers = maxWorkers (each worker holds a full model copy), or auto: what "
                         "scripts/register.sh --workers auto picks on this machine" + d)
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,

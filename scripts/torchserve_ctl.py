@@ -589,7 +589,8 @@ def worker_count(value: str | int) -> int:
         raise CtlError(f"--workers must be a number or auto, not {value!r}.") from None
 
 
-def _workers_arg(value: str) -> int:
+def workers_arg(value: str) -> int:
+    """argparse type for --workers: a count or auto; a bad value is a usage error that says what to give."""
     try:
         return worker_count(value)
     except CtlError as e:
@@ -1070,7 +1071,7 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     r.add_argument("--name", required=True, help="model name (the archive NAME/ or NAME.mar in the store)")
-    r.add_argument("--workers", type=_workers_arg, default=1,
+    r.add_argument("--workers", type=workers_arg, default=1,
                    help="exact number of workers, or auto: 1 on CPU; on GPUs up to "
                         f"{MAX_WORKERS_PER_GPU} per GPU, {CORES_PER_GPU_WORKER} CPU cores each" + d)
     r.add_argument("--batch-size", type=int, help="override the archive's batchSize (default: the archive's)")
