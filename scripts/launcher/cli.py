@@ -205,7 +205,7 @@ def _parser() -> argparse.ArgumentParser:
     def sized(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--overlay", type=Path, action="append", default=[],
                             help="properties file applied on top (e.g. config/production.properties); repeatable")
-        parser.add_argument("--workers", dest="capacity_workers", type=int, metavar="N",
+        parser.add_argument("--workers", dest="capacity_workers", type=workers_arg, metavar="N",
                             help="workers of all models, for the frontend's memory (default: "
                                  f"{RECOMMENDED_MAX.workers}, the largest recommended)")
         parser.add_argument("--batch-size", dest="capacity_batch_size", type=int, metavar="B",

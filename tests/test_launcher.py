@@ -1,0 +1,210 @@
+"""The launcher as a user meets it: serve.sh, register.sh and stop.sh (--help, failures that say what to
+do) and register/serve/stop against real TorchServes (marked torchserve)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from scripts import launcher
+from tests.torchserve_harness import (
+    REPO,
+    TorchServe,
+    build_with_script,
+    free_ports,
+    register_with_script,
+    run_script,
+    running_torchserve,
+    scripts_env,
+)
+
+HELP_DEFAULTS = {
+    "register.sh": ["(default: 1)", "(default: 600.0)", "key_file.json"],
+    "serve.sh": ["(default: demo", "(default: 1)", "(default: 600)", "(default: no-archive)"],
+    "stop.sh": ["(default: 60)"],
+}
+
+
+# --------------------------------------------------------------------------- --help
+
+
+@pytest.mark.parametrize("script", sorted(HELP_DEFAULTS))
+def test_every_script_explains_itself_with_defaults(script):
+    proc = run_script(script, "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())  # argparse wraps to the terminal width
+    for default in HELP_DEFAULTS[script]:
+        assert default in text, f"{script} --help does not show {default!r}:\n{proc.stdout}"
+
+
+@pytest.mark.parametrize("script", sorted(HELP_DEFAULTS))
+def test_help_works_before_the_environment_exists(script, tmp_path):
+    proc = run_script(script, "--help", env={"VENV": str(tmp_path / "no-venv-yet")})
+    assert proc.returncode == 0, proc.stderr
+    assert "usage" in proc.stdout.lower()
+
+
+@pytest.mark.parametrize("script", sorted(HELP_DEFAULTS))
+def test_an_unknown_option_is_refused(script):
+    required = ["--name", "x"] if script == "register.sh" else []
+    proc = run_script(script, *required, "--no-such-option")
+    assert proc.returncode == 2
+    assert "--no-such-option" in proc.stderr
+
+
+# --------------------------------------------------------------------------- servers that are down
+
+
+def test_register_against_a_stopped_server_says_to_run_serve_sh(tmp_path):
+    url = f"http://127.0.0.1:{free_ports(1)[0]}"
+    proc = run_script("register.sh", "--name", "demo", "--url", url, env={"TS_KEY_FILE": str(tmp_path / "k")})
+    assert proc.returncode == 1
+    assert "does not answer" in proc.stderr and "scripts/serve.sh" in proc.stderr
+
+
+def test_stop_when_nothing_runs_is_fine(tmp_path):
+    (tmp_path / ".model_server.pid").write_text("999999")  # stale pid file of a dead server
+    proc = run_script("stop.sh", env={"TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0
+    assert "not running" in proc.stdout
+    assert not (tmp_path / ".model_server.pid").exists()
+
+
+# --------------------------------------------------------------------------- real TorchServe
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory):
+    """One TorchServe with the demo model built (not registered) in its store."""
+    store = tmp_path_factory.mktemp("store")
+    build_with_script("demo", "demo", store)
+    with running_torchserve(store) as ts:
+        yield ts
+
+
+@pytest.mark.torchserve
+def test_register_is_idempotent_and_pins_the_worker_count(demo_server: TorchServe):
+    ts = demo_server
+    register_with_script(ts, "demo", "--workers", "1")
+    info = ts.describe("demo")
+    assert [w["status"] for w in info["workers"]] == ["READY"]
+
+    again = register_with_script(ts, "demo", "--workers", "1")
+    assert "already registered" in again.stderr
+
+    register_with_script(ts, "demo", "--workers", "2")
+    info = ts.describe("demo")
+    assert info["minWorkers"] == info["maxWorkers"] == 2
+    assert [w["status"] for w in info["workers"]] == ["READY", "READY"]
+
+    refused = register_with_script(ts, "demo", "--workers", "1", "--batch-size", "4", check=False)
+    assert refused.returncode == 1 and "--reregister" in refused.stderr
+
+    register_with_script(ts, "demo", "--workers", "1", "--batch-size", "4", "--reregister")
+    info = ts.describe("demo")
+    assert info["batchSize"] == 4
+    assert [w["status"] for w in info["workers"]] == ["READY"]
+
+
+@pytest.mark.torchserve
+def test_a_second_torchserve_in_the_same_temp_directory_is_refused_with_what_to_do(demo_server: TorchServe,
+                                                                                   tmp_path):
+    with pytest.raises(launcher.CtlError, match="already runs") as refused:
+        launcher.start(tmp_path, tmpdir=demo_server.tmpdir,
+                             overrides=launcher.port_overrides(free_ports(5)))
+    assert f"pid {demo_server.pid}" in str(refused.value) and "scripts/stop.sh" in str(refused.value)
+    assert demo_server.call("GET", "/models", api="management").status == 200  # the first one is untouched
+
+
+@pytest.mark.torchserve
+def test_register_without_an_archive_says_how_to_build_it(demo_server: TorchServe):
+    proc = register_with_script(demo_server, "nothing-built", check=False)
+    assert proc.returncode == 1
+    assert "scripts/build_archive.sh" in proc.stderr
+
+
+@pytest.mark.torchserve
+def test_register_with_a_stale_key_file_explains_where_keys_live(demo_server: TorchServe, tmp_path):
+    stale = tmp_path / "key_file.json"
+    stale.write_text(json.dumps({"management": {"key": "wrong"}, "inference": {"key": "wrong"}}))
+    proc = register_with_script(demo_server, "demo", "--key-file", str(stale), check=False)
+    assert proc.returncode == 1
+    assert "key_file.json" in proc.stderr and "rejected" in proc.stderr
+
+
+@pytest.mark.torchserve
+def test_a_disabled_model_api_is_explained(tmp_path):
+    store = tmp_path / "store"
+    build_with_script("demo", "demo", store)
+    with running_torchserve(store, config={"enable_model_api": "false"}) as ts:
+        proc = register_with_script(ts, "demo", check=False)
+    assert proc.returncode == 1
+    assert "405" in proc.stderr and "enable_model_api=true" in proc.stderr
+
+
+# --------------------------------------------------------------------------- serve.sh / stop.sh
+
+
+def _copy_repo(dest: Path) -> Path:
+    """The repo's working tree as a fresh clone would have it (no venv, logs, keys or archives)."""
+    ignore = shutil.ignore_patterns(".git", ".venv", "logs", "build", "key_file.json", "__pycache__",
+                                    ".pytest_cache", ".ruff_cache", "*.mar")
+    shutil.copytree(REPO, dest, ignore=ignore, symlinks=True)
+    for item in (dest / "model_store").iterdir():
+        if item.name != ".gitkeep":
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+    return dest
+
+
+@pytest.mark.torchserve
+@pytest.mark.slow
+def test_serve_sh_from_a_fresh_copy_prints_a_working_curl_and_comes_back_after_stop_sh(tmp_path):
+    repo = _copy_repo(tmp_path / "repo")
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    ports = free_ports(5)
+    env = {
+        "TMPDIR": str(tmpdir),
+        "TS_INFERENCE_PORT": str(ports[0]), "TS_MANAGEMENT_PORT": str(ports[1]),
+        "TS_METRICS_PORT": str(ports[2]), "TS_GRPC_INFERENCE_PORT": str(ports[3]),
+        "TS_GRPC_MANAGEMENT_PORT": str(ports[4]),
+    }
+    serve = [str(repo / "scripts" / "serve.sh")]
+    try:
+        proc = subprocess.run(serve, env=scripts_env(env), capture_output=True,
+                              text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        keys = launcher.read_keys(repo / "key_file.json")
+        assert f"curl -s -X POST http://127.0.0.1:{ports[0]}/predictions/demo" in proc.stdout
+        assert keys.inference not in proc.stdout + proc.stderr  # the printed curl reads the key itself
+        assert "checked: HTTP 200" in proc.stderr
+        if shutil.which("curl"):
+            curl = proc.stdout[proc.stdout.index("curl -s"):].split("\n\n")[0]
+            out = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=60)
+            vector = json.loads(out.stdout)
+            assert len(vector) == 384 and all(isinstance(x, float) for x in vector)
+
+        again = subprocess.run(serve, env=scripts_env(env), capture_output=True,
+                               text=True, timeout=300)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "already running" in again.stdout and "already registered" in again.stderr
+
+        # That every process ends is tested in tests/test_reliability.py; here: the keys go with the server.
+        stop = subprocess.run([str(repo / "scripts" / "stop.sh")], env=scripts_env(env),
+                              capture_output=True, text=True, timeout=120)
+        assert stop.returncode == 0, stop.stderr
+        assert not (repo / "key_file.json").exists()
+        assert not (tmpdir / ".model_server.pid").exists()
+
+        # After a full stop, serve.sh alone brings the model back (the archive is reused, not rebuilt).
+        back = subprocess.run(serve, env=scripts_env(env), capture_output=True, text=True, timeout=300)
+        assert back.returncode == 0, back.stdout + back.stderr
+        assert "checked: HTTP 200" in back.stderr
+        assert "Using the archive" in back.stdout
+    finally:
+        subprocess.run([str(repo / "scripts" / "stop.sh")], env=scripts_env(env),
+                       capture_output=True, timeout=120)
