@@ -11,7 +11,7 @@ import zipfile
 import psutil
 import pytest
 
-from scripts import torchserve_ctl
+from scripts import launcher
 from tests.kserve_support import MAKE_STORAGE, free_layout_ports, layout_port_args, make_storage, serve_layout
 from tests.torchserve_harness import REPO, build_with_script
 
@@ -55,7 +55,7 @@ def test_the_default_layout_is_production_mode_on_loopback(tmp_path, archive):
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         "config/config.properties", "config/metrics.yaml", f"model-store/{NAME}.mar"]
     assert zipfile.ZipFile(out / "model-store" / f"{NAME}.mar").testzip() is None
-    props = torchserve_ctl.read_properties(out / "config" / "config.properties")
+    props = launcher.read_properties(out / "config" / "config.properties")
     for key in ("inference_address", "management_address"):
         assert props[key].startswith("http://127.0.0.1:"), key
     assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
@@ -75,7 +75,7 @@ def test_the_default_layout_is_production_mode_on_loopback(tmp_path, archive):
 def test_flags_override_the_archive_settings(tmp_path, archive):
     out = tmp_path / "layout"
     assert make_storage(archive, out, "--name", "emb", "--workers", "2", "--batch-size", "64").returncode == 0
-    props = torchserve_ctl.read_properties(out / "config" / "config.properties")
+    props = launcher.read_properties(out / "config" / "config.properties")
     entry = json.loads(props["model_snapshot"])["models"]["emb"]["1.0"]
     assert (entry["marName"], entry["minWorkers"], entry["maxWorkers"], entry["batchSize"]) == ("emb.mar", 2, 2, 64)
     assert (out / "model-store" / "emb.mar").is_file()
@@ -103,3 +103,39 @@ def test_torchserve_from_the_default_layout_serves_the_wrapper_on_loopback_only(
         assert {port for _, port in listening} >= set(ports.values()), listening
         # Java reports IPv4 loopback as IPv4-mapped IPv6.
         assert {ip.removeprefix("::ffff:") for ip, _ in listening} == {"127.0.0.1"}, listening
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", "a..b", "x\ncors_allowed_origin=*", "a\\b", " x", ""])
+def test_a_model_name_that_is_not_a_plain_name_is_refused(tmp_path, archive, name):
+    """The name becomes a file name and a config line: nothing is written outside --out, no line injected."""
+    out = tmp_path / "deep" / "layout"
+    proc = make_storage(archive, out, "--name", name)
+    assert proc.returncode == 1 and "is not allowed" in proc.stderr, proc.stderr
+    assert not (tmp_path / "x.mar").exists() and not (tmp_path / "deep" / "x.mar").exists()
+    assert not (out / "config" / "config.properties").exists()
+
+
+def test_a_hostile_name_in_the_archive_manifest_is_refused(tmp_path, archive):
+    hostile = tmp_path / "hostile.mar"
+    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(hostile, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "MAR-INF/MANIFEST.json":
+                manifest = json.loads(data)
+                manifest["model"]["modelName"] = "../../escaped"
+                data = json.dumps(manifest).encode()
+            dst.writestr(item, data)
+    proc = make_storage(hostile, tmp_path / "layout")
+    assert proc.returncode == 1 and "is not allowed" in proc.stderr and "--name" in proc.stderr
+    assert not list(tmp_path.rglob("escaped.mar"))
+    assert make_storage(hostile, tmp_path / "named", "--name", "fine").returncode == 0
+
+
+def test_the_layout_config_is_the_base_plus_the_kserve_overlay_sized_for_its_workers(tmp_path, archive):
+    out = tmp_path / "layout"
+    assert make_storage(archive, out, "--workers", "4", "--batch-size", "128").returncode == 0
+    props = launcher.read_properties(out / "config" / "config.properties")
+    expected = launcher.render_config(capacity=launcher.Capacity(4, 128))[1]
+    assert props["vmargs"] == expected["vmargs"]
+    for key in ("max_request_size", "max_response_size", "decode_input_request", "allowed_urls"):
+        assert props[key] == expected[key], key

@@ -208,3 +208,35 @@ def test_serve_sh_from_a_fresh_copy_prints_a_working_curl_and_comes_back_after_s
     finally:
         subprocess.run([str(repo / "scripts" / "stop.sh")], env=scripts_env(env),
                        capture_output=True, timeout=120)
+
+
+# --------------------------------------------------------------------------- production mode
+
+
+def test_start_with_a_python_without_torchserve_says_which_python_to_use(tmp_path):
+    """Not a port conflict: the Python is told apart before anything starts."""
+    fake = tmp_path / "python3"
+    fake.write_text("#!/bin/sh\nexit 1\n")  # a Python without the ts package answers the probe with 1
+    fake.chmod(0o755)
+    with pytest.raises(launcher.CtlError, match="has no TorchServe") as refused:
+        launcher.start(tmp_path, tmpdir=tmp_path / "tmp", python=str(fake),
+                       overrides=launcher.port_overrides(free_ports(5)))
+    assert "port" not in str(refused.value) and "setup_venv.sh" in str(refused.value)
+    assert launcher.running_pid(tmp_path / "tmp") is None
+
+
+@pytest.mark.torchserve
+def test_production_start_fails_for_a_missing_model_and_wait_ready_for_an_unreachable_count(demo_server, tmp_path):
+    production = (REPO / "config" / "production.properties",)
+    overrides = {**launcher.port_overrides(free_ports(5)), "model_store": str(demo_server.model_store)}
+    with pytest.raises(launcher.CtlError, match="load_models names ghost") as missing:
+        launcher.start(tmp_path / "a", tmpdir=tmp_path / "ta", overlays=production,
+                       overrides={**overrides, "load_models": "demo=demo,ghost=ghost.mar"})
+    assert "model store" in str(missing.value)
+    assert launcher.running_pid(tmp_path / "ta") is None  # stopped again, not left "up"
+    with launcher.running(tmp_path / "b", tmpdir=tmp_path / "tb", overlays=production,
+                          overrides={**overrides, "load_models": "demo=demo"}) as server:
+        server.wait_ready("demo", 1, timeout=300)
+        # At once (the timeout's message would say "after the timeout"), naming the archive's range.
+        with pytest.raises(launcher.CtlError, match="runs 1 to 1 worker.*will never be READY"):
+            server.wait_ready("demo", 4, timeout=300)

@@ -116,10 +116,10 @@ def build_layout(args: argparse.Namespace) -> Path:
     """Write the layout into args.out; return the config.properties path."""
     info = read_archive(args.archive)
     try:  # the name becomes a file name and a config line: refuse '/', '..' and line breaks
-        name = check_model_name(args.name or info["name"])
+        name = check_model_name(info["name"] if args.name is None else args.name)
         version = check_model_name(info["version"], "model version")
     except CtlError as e:
-        raise LayoutError(f"{e} Pass --name NAME." if not args.name else str(e)) from None
+        raise LayoutError(f"{e} Pass --name NAME." if args.name is None else str(e)) from None
     config = info["config"]
     settings = {
         "minWorkers": args.workers or int(config.get("minWorkers", 1)),

@@ -14,7 +14,7 @@ One job a module:
   logs       what the logs say when something failed
   registrar  registering, scaling, waiting for READY workers
   mps        a CUDA MPS daemon for the workers
-  balancer   one TorchServe per GPU behind nginx
+  names      what a model name may be (before it becomes a path or a config line)
   server     a running TorchServe as an object
   lifecycle  start / stop / running
   cli        the command line (scripts/torchserve_ctl.py)
