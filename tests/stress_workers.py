@@ -237,7 +237,7 @@ def _main(argv: list[str] | None = None) -> int:
     if args.seconds <= 0 or args.clients <= 0 or args.max_workers < 1:
         p.error("--seconds, --clients and --max-workers must be positive")
 
-    from tests.conftest import demo_model_path
+    from tests.demo_model import demo_model_path
     from tests.tiny_models import build_tiny_models
     from tests.torchserve_harness import build_with_script, register_with_script, running_torchserve
 

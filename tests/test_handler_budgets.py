@@ -14,17 +14,14 @@ import orjson
 import pytest
 
 from handler.torchserve_handler import InstructorHandler, render_vectors
-from tests.conftest import make_ts_context, set_batch
+from tests.ts_context import make_handler as _make_handler
+from tests.ts_context import set_batch
 
 INSTRUCTION = "Represent the Science title:"
 
 
 def make_handler(tmp_path, model_dir, **handler_settings) -> tuple[InstructorHandler, object]:
-    (tmp_path / "model").symlink_to(model_dir, target_is_directory=True)
-    context = make_ts_context(tmp_path, 1, {"handler": {"warmup": False, **handler_settings}})
-    handler = InstructorHandler()
-    handler.initialize(context)
-    return handler, context
+    return _make_handler(tmp_path, model_dir, handler_settings)
 
 
 def run(handler: InstructorHandler, context, bodies: list) -> list[tuple[int, object]]:

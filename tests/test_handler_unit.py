@@ -14,7 +14,7 @@ from handler import torchserve_handler
 from handler.encoder import InstructorEncoder
 from handler.torchserve_handler import InstructorHandler, select_device
 from tests.hostile_corpus import GOOD_PAIR, cases
-from tests.ts_context import make_ts_context, set_batch
+from tests.ts_context import make_handler, make_ts_context, set_batch
 
 SCIENCE = ["Represent the Science title:", "3D ActionSLAM: wearable person tracking in multi-floor environments"]
 
@@ -22,13 +22,8 @@ SCIENCE = ["Represent the Science title:", "3D ActionSLAM: wearable person track
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, demo_model_dir: Path):
     """A handler initialised like a TorchServe worker: model files under <model_dir>/model."""
-    root = tmp_path_factory.mktemp("mar")
-    (root / "model").symlink_to(demo_model_dir, target_is_directory=True)
-    yaml_config = {"handler": {"max_pairs_per_request": 8, "max_chars_per_text": 2000, "warmup": False}}
-    context = make_ts_context(root, 1, yaml_config)
-    handler = InstructorHandler()
-    handler.initialize(context)
-    return handler, context
+    return make_handler(tmp_path_factory.mktemp("mar"), demo_model_dir,
+                        {"max_pairs_per_request": 8, "max_chars_per_text": 2000})
 
 
 def run(served, bodies: list) -> list[tuple[int, object]]:

@@ -238,5 +238,5 @@ def test_production_start_fails_for_a_missing_model_and_wait_ready_for_an_unreac
                           overrides={**overrides, "load_models": "demo=demo"}) as server:
         server.wait_ready("demo", 1, timeout=300)
         # At once (the timeout's message would say "after the timeout"), naming the archive's range.
-        with pytest.raises(launcher.CtlError, match="runs 1 to 1 worker.*will never be READY"):
+        with pytest.raises(launcher.CtlError, match=r"runs 1 to 1 worker.*will never be READY"):
             server.wait_ready("demo", 4, timeout=300)

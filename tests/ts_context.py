@@ -35,3 +35,16 @@ def set_batch(context: Any, n_requests: int) -> None:
     context.request_processor = [RequestProcessor({}) for _ in range(n_requests)]
     context.request_ids = {i: f"req-{i}" for i in range(n_requests)}
     context.metrics.set_request_ids(context.request_ids)
+
+
+def make_handler(root: Path, model_dir: Path, handler_settings: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """An InstructorHandler initialised as a TorchServe worker does it, on the archive root ``root`` whose
+    model/ is ``model_dir`` (linked); ``handler_settings`` is model-config.yaml's ``handler:`` (warmup off
+    unless given). Returns (handler, context)."""
+    from handler.torchserve_handler import InstructorHandler
+
+    (root / "model").symlink_to(model_dir, target_is_directory=True)
+    context = make_ts_context(root, 1, {"handler": {"warmup": False, **(handler_settings or {})}})
+    handler = InstructorHandler()
+    handler.initialize(context)
+    return handler, context
