@@ -237,6 +237,10 @@ def test_production_start_fails_for_a_missing_model_and_wait_ready_for_an_unreac
     with launcher.running(tmp_path / "b", tmpdir=tmp_path / "tb", overlays=production,
                           overrides={**overrides, "load_models": "demo=demo"}) as server:
         server.wait_ready("demo", 1, timeout=300)
+        # Workflows are not gated by enable_model_api: a clean JSON refusal, never the frontend's 500.
+        for url in ("demo", "demo.mar", "x.war", "", "http://evil.example/x.war", "/etc/passwd"):
+            refused = server.call("POST", f"/workflows?url={url}", api="management", timeout=30)
+            assert refused.status in (400, 404) and isinstance(refused.body, dict), (url, refused)
         # At once (the timeout's message would say "after the timeout"), naming the archive's range.
         with pytest.raises(launcher.CtlError, match=r"runs 1 to 1 worker.*will never be READY"):
             server.wait_ready("demo", 4, timeout=300)

@@ -33,7 +33,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "TS_MODEL_STORE": ("model_store", "{}"),
 }
 # Keys holding paths: made absolute (against the base file's folder) so the rendered file works anywhere.
-PATH_KEYS = ("model_store", "metrics_config")
+PATH_KEYS = ("model_store", "metrics_config", "workflow_store")
 DEFAULT_ADDRESSES = {
     "inference": "http://127.0.0.1:8080",
     "management": "http://127.0.0.1:8081",
