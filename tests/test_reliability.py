@@ -33,7 +33,6 @@ from handler.settings import Settings
 from scripts import torchserve_ctl
 from scripts.torchserve_ctl import Registrar, read_properties
 from tests.hostile_corpus import GOOD_PAIR, cases
-from tests.stress_workers import stress
 from tests.torchserve_harness import (
     REPO,
     TorchServe,
@@ -42,6 +41,7 @@ from tests.torchserve_harness import (
     run_script,
     running_torchserve,
 )
+from tools.stress_workers import stress
 
 pytestmark = pytest.mark.torchserve
 
@@ -382,7 +382,7 @@ def test_a_killed_worker_is_restarted_and_no_answer_is_ever_wrong(server, refere
 
 
 def test_workers_scaled_up_down_and_killed_under_load_never_return_a_wrong_vector(server, model_dir):
-    """The short version of tests/stress_workers.py (the long runs are in docs/reliability.md)."""
+    """The short version of tools/stress_workers.py (the long runs are in docs/reliability.md)."""
     try:
         report = stress(server, MODEL, model_dir, seconds=STRESS_SECONDS, clients=8, period=3.0,
                         max_workers=2, pool_size=256, seed=11)

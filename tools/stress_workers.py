@@ -7,8 +7,8 @@ workers with SIGKILL (cycle: up to --max-workers, kill one, down to 1, kill it; 
 one full cycle). Every 200 is compared with the vectors the in-process encoder gives for the very
 pairs of that request (max abs difference <= 1e-5); every other answer is counted by status and message.
 
-    VENV=.venv .venv/bin/python -m tests.stress_workers --seconds 300            # tiny INSTRUCTOR model
-    VENV=.venv .venv/bin/python -m tests.stress_workers --model demo --seconds 120
+    VENV=.venv .venv/bin/python -m tools.stress_workers --seconds 300            # tiny INSTRUCTOR model
+    VENV=.venv .venv/bin/python -m tools.stress_workers --model demo --seconds 120
 
 Starts its own TorchServe on free loopback ports (tests/torchserve_harness.py) and stops it at the end.
 Prints a JSON report; exit status 1 if any 200 carried a wrong vector.
@@ -218,7 +218,7 @@ def stress(ts, model: str, model_dir: Path, *, seconds: float, clients: int = 16
 
 
 def _main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.stress_workers", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m tools.stress_workers", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     d = " (default: %(default)s)"
     p.add_argument("--model", choices=("tiny", "demo"), default="tiny",

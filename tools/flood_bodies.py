@@ -5,8 +5,8 @@ of about BYTES bytes, then a small good request, then (optionally) a request eve
 the worker. Reports the statuses, the worker PID before/after, the worker's RSS (before, peak, after)
 and the frontend's "OutOfMemoryError" log lines.
 
-    VENV=.venv .venv/bin/python -m tests.flood_bodies --kind text --count 150 --bytes 8300000
-    VENV=.venv .venv/bin/python -m tests.flood_bodies --kind lists --count 16 --bytes 2090000
+    VENV=.venv .venv/bin/python -m tools.flood_bodies --kind text --count 150 --bytes 8300000
+    VENV=.venv .venv/bin/python -m tools.flood_bodies --kind lists --count 16 --bytes 2090000
     # the configuration before the limits were recalculated:
     ... --set max_request_size=8388608 --set job_queue_size=100 --set vmargs=-Xmx1g \\
         --set decode_input_request=true
@@ -123,7 +123,7 @@ def run(ts, model: str, kind: str, count: int, size: int, timeout: float, watch_
 
 
 def _main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.flood_bodies", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m tools.flood_bodies", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     d = " (default: %(default)s)"
     p.add_argument("--kind", choices=("text", "expanding", "lists"), default="text", help="body content" + d)
