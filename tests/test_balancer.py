@@ -1,0 +1,132 @@
+"""One TorchServe per GPU behind nginx, on CPU: the plan for 1..8 GPUs, nginx's configuration validated by
+``nginx -t``, and a real nginx spreading requests over simulated backends with auth and limits kept."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from scripts import launcher
+from scripts.launcher import balancer
+from scripts.launcher.processes import process_alive
+
+pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
+                                reason="nginx is not installed (apt-get install nginx)")
+
+
+@pytest.mark.parametrize("gpus", range(1, 9))
+def test_one_backend_per_gpu_with_distinct_ports_and_a_valid_nginx_config(gpus, tmp_path):
+    ids = [f"GPU-{i:04d}" if i % 2 else str(i) for i in range(gpus)]  # indices or UUIDs
+    backends = balancer.plan_backends(ids, 20000, tmp_path)
+    assert [b.env() for b in backends] == [{"CUDA_VISIBLE_DEVICES": g} for g in ids]
+    ports = [p for b in backends for p in b.ports.values()]
+    assert len(set(ports)) == len(ports) == 5 * gpus
+    assert len({b.tmpdir for b in backends}) == gpus  # one pid file each
+    assert all(b.overrides()["inference_address"] == f"http://127.0.0.1:{b.ports['inference']}" for b in backends)
+    props = launcher.render_config()[1]
+    conf = balancer.write_config(
+        balancer.render_nginx(backends, "127.0.0.1:19999", tmp_path / "nginx", props, balancer.new_key()),
+        tmp_path / "nginx")
+    balancer.check_config(conf)  # nginx -t
+    text = conf.read_text()
+    assert text.count("max_fails=0;") == gpus and "least_conn;" in text
+    assert f"client_max_body_size {props['max_request_size']};" in text
+    assert oct(conf.stat().st_mode & 0o777) == "0o600"  # it holds the key
+
+
+def test_a_broken_config_is_refused_with_nginx_s_message(tmp_path):
+    conf = balancer.write_config("events {}\nhttp { server { listen nowhere:x; } }\n", tmp_path)
+    with pytest.raises(launcher.CtlError, match="nginx -t refused"):
+        balancer.check_config(conf)
+
+
+def test_no_gpus_is_refused(tmp_path):
+    with pytest.raises(launcher.CtlError, match="needs GPUs"):
+        balancer.plan_backends([], 20000, tmp_path)
+
+
+class _Backend(BaseHTTPRequestHandler):
+    """A stand-in TorchServe: answers which backend it is and what Authorization it was sent."""
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        time.sleep(0.002)  # a little work, so that requests overlap
+        body = json.dumps({"backend": self.server.index, "auth": self.headers.get("Authorization")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def behind_nginx(tmp_path):
+    ports = launcher.free_ports(5)
+    servers = []
+    for i in range(4):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
+        server.index = i
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    backends = [balancer.Backend(str(i), {"inference": s.server_address[1], "management": 0, "metrics": 0,
+                                          "grpc_inference": 0, "grpc_management": 0}, tmp_path / f"gpu{i}")
+                for i, s in enumerate(servers)]
+    key = balancer.new_key()
+    props = {"max_request_size": "4096", "default_response_timeout": "30"}
+    conf = balancer.write_config(balancer.render_nginx(backends, f"127.0.0.1:{ports[0]}", tmp_path / "nginx",
+                                                       props, key), tmp_path / "nginx")
+    balancer.start_nginx(conf)
+    pid = int((conf.parent / "nginx.pid").read_text())
+    try:
+        yield f"http://127.0.0.1:{ports[0]}", key
+    finally:
+        assert balancer.stop_nginx(conf)
+        deadline = time.monotonic() + 10
+        while process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not process_alive(pid)
+        for s in servers:
+            s.shutdown()
+
+
+def _post(url: str, token: str | None, body: bytes = b'{"inputs": ["", "x"]}') -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_requests_are_spread_evenly_over_the_backends_with_auth_and_limits_kept(behind_nginx):
+    url, key = behind_nginx
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: _post(url + "/predictions/m", key), range(800)))
+    assert {status for status, _ in answers} == {200}
+    per_backend = Counter(body["backend"] for _, body in answers)
+    assert sorted(per_backend) == [0, 1, 2, 3]
+    assert min(per_backend.values()) >= 0.6 * 800 / 4, per_backend  # every GPU gets its share
+    assert {body["auth"] for _, body in answers} == {None}  # the key stops at nginx
+    for token in (None, "wrong"):
+        status, body = _post(url + "/predictions/m", token)
+        assert status == 401 and body["code"] == 401 and "Bearer" in body["message"]
+    status, body = _post(url + "/predictions/m", key, b"x" * 5000)
+    assert status == 413 and "max_request_size" in body["message"]
+    with urllib.request.urlopen(url + "/ping", timeout=30) as resp:  # open, as TorchServe's /ping is
+        assert resp.status == 200
