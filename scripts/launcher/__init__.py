@@ -15,6 +15,8 @@ One job a module:
   registrar  registering, scaling, waiting for READY workers
   mps        a CUDA MPS daemon for the workers
   names      what a model name may be (before it becomes a path or a config line)
+  balancer   nginx in front of one TorchServe per GPU: the plan, its configuration, its process
+  fleet      one TorchServe per GPU behind nginx, started and stopped together
   server     a running TorchServe as an object
   lifecycle  start / stop / running
   cli        the command line (scripts/torchserve_ctl.py)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from scripts.launcher import fleet
 from scripts.launcher.config import BASE_CONFIG, REPO_ROOT, base_url, effective_config, env_overrides, render_config
 from scripts.launcher.errors import CtlError, ServerDown
 from scripts.launcher.java import find_java
@@ -81,6 +82,8 @@ def default_python() -> str:
 
 
 def _start(args: argparse.Namespace) -> int:
+    if args.per_gpu:
+        return _start_fleet(args)
     server = start(args.workdir, base_config=args.config, overrides=_cli_overrides(args),
                    overlays=tuple(args.overlay), capacity=_capacity(args), config_file=args.config_out,
                    log_dir=args.log_dir, log_config=args.log_config, timeout=args.timeout, reuse=args.reuse,
@@ -92,7 +95,26 @@ def _start(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_fleet(args: argparse.Namespace) -> int:
+    overrides = _cli_overrides(args)
+    props = render_config(overrides, overlays=tuple(args.overlay))[1]
+    listen = base_url(props, "inference").removeprefix("http://")
+    devices = fleet.device_ids()
+    if args.reuse and fleet.management_urls(args.workdir):
+        print("The per-GPU TorchServes are already running (build/fleet.json).")
+        return 0
+    running = fleet.start_fleet(args.workdir, devices, listen=listen, overrides=overrides,
+                                overlays=tuple(args.overlay), capacity=_capacity(args), python=args.python,
+                                use_mps=args.mps, log_config=args.log_config,
+                                token_auth=props.get("disable_token_authorization", "false") != "true")
+    print(f"{len(running.servers)} TorchServes (one per GPU: {', '.join(devices)}) behind nginx at {running.url}; "
+          f"logs: {args.workdir / 'logs'}/gpu*")
+    return 0
+
+
 def _stop(args: argparse.Namespace) -> int:
+    if fleet.stop_fleet(args.workdir):
+        print("The TorchServes of every GPU and their nginx are stopped.")
     stopped = stop(timeout=args.timeout)
     if stopped is None:
         print(f"TorchServe is not running (no live TorchServe in {pid_file()}).")
@@ -114,28 +136,40 @@ def _java(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cli_registrar(args: argparse.Namespace) -> tuple[Registrar, dict[str, str]]:
+def _cli_registrars(args: argparse.Namespace) -> tuple[list[Registrar], int, dict[str, str]]:
+    """The management APIs to act on (every backend of a per-GPU fleet, else one) and the workers for each."""
     props = render_config(_cli_overrides(args))[1]
+    backends = [] if args.url else fleet.management_urls(REPO_ROOT)
+    if backends:
+        if args.workers % len(backends):
+            raise CtlError(f"--workers {args.workers} does not split evenly over {len(backends)} GPUs (one "
+                           "TorchServe each): give a multiple of the GPU count, or auto.")
+        return ([Registrar(url, None, args.key_file, log_dir=args.log_dir) for url in backends],
+                args.workers // len(backends), props)
     mgmt = (args.url or os.environ.get("TS_MANAGEMENT_URL") or base_url(props, "management")).rstrip("/")
-    return Registrar(mgmt, read_keys(args.key_file).management, args.key_file, log_dir=args.log_dir), props
+    return [Registrar(mgmt, read_keys(args.key_file).management, args.key_file, log_dir=args.log_dir)], \
+        args.workers, props
 
 
 def _register(args: argparse.Namespace) -> int:
-    registrar, props = _cli_registrar(args)
+    registrars, workers, props = _cli_registrars(args)
     store = Path(args.store or props.get("model_store", REPO_ROOT / "model_store"))
-    info = register(registrar, store, args.name, args.workers, timeout=args.timeout, archive=args.archive,
-                    batch_size=args.batch_size, max_batch_delay=args.max_batch_delay, reregister=args.reregister)
-    print(f"{args.name}: {args.workers} worker(s) READY (batch size {info.get('batchSize')}, "
-          f"max batch delay {info.get('maxBatchDelay')} ms) at {registrar.management_url}.")
+    for registrar in registrars:
+        info = register(registrar, store, args.name, workers, timeout=args.timeout, archive=args.archive,
+                        batch_size=args.batch_size, max_batch_delay=args.max_batch_delay,
+                        reregister=args.reregister)
+        print(f"{args.name}: {workers} worker(s) READY (batch size {info.get('batchSize')}, "
+              f"max batch delay {info.get('maxBatchDelay')} ms) at {registrar.management_url}.")
     return 0
 
 
 def _wait_ready(args: argparse.Namespace) -> int:
-    registrar, _ = _cli_registrar(args)
-    try:
-        registrar.wait_ready(args.name, args.workers, time.monotonic() + args.timeout)
-    except ServerDown as e:
-        raise CtlError(f"{e} Start it with scripts/serve.sh.") from None
+    registrars, workers, _ = _cli_registrars(args)
+    for registrar in registrars:
+        try:
+            registrar.wait_ready(args.name, workers, time.monotonic() + args.timeout)
+        except ServerDown as e:
+            raise CtlError(f"{e} Start it with scripts/serve.sh.") from None
     print(f"{args.name}: {args.workers} worker(s) READY.")
     return 0
 
@@ -230,6 +264,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--python", default=default_python(),
                    help="the Python with TorchServe (ts) that runs it (default: $VENV's or .venv's, else this one; "
                         "now %(default)s)")
+    s.add_argument("--per-gpu", action="store_true",
+                   help="one TorchServe per visible GPU behind nginx on the inference address (fleet.py); "
+                        "register.sh then registers on each, --workers split evenly")
     s.add_argument("--mps", action="store_true",
                    help="start a CUDA MPS daemon for the workers first (nvidia-cuda-mps-control; stop ends it)")
     sized(s)
@@ -244,6 +281,8 @@ def _parser() -> argparse.ArgumentParser:
             "and TorchServe's key_file.json (its keys die with the server)."
         ),
     )
+    t.add_argument("--workdir", type=Path, default=REPO_ROOT,
+                   help="where a per-GPU fleet was started from (its build/fleet.json)" + d)
     t.add_argument("--timeout", type=float, default=60, metavar="S",
                    help="seconds to wait for a clean shutdown before SIGKILL" + d)
     t.set_defaults(func=_stop)
