@@ -139,3 +139,10 @@ def test_the_clients_limits_are_the_servers():
     for props in variants:
         # Headroom for the envelope the client adds around the pairs (field names, brackets).
         assert int(props["max_request_size"]) >= MAX_REQUEST_BYTES + 64 * 1024, props["max_request_size"]
+
+
+def test_the_readme_states_the_auto_policy_the_launcher_applies():
+    from scripts.launcher.workers import CORES_PER_GPU_WORKER, WORKERS_PER_GPU
+
+    text = " ".join((REPO / "README.md").read_text().split())
+    assert f"up to {WORKERS_PER_GPU} per GPU" in text and f"({CORES_PER_GPU_WORKER} cores per worker)" in text

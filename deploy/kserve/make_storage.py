@@ -36,6 +36,7 @@ from scripts.launcher.config import OVERLAY_DIR, render_config  # noqa: E402 - n
 from scripts.launcher.errors import CtlError  # noqa: E402
 from scripts.launcher.memory import Capacity  # noqa: E402
 from scripts.launcher.names import check_model_name  # noqa: E402
+from scripts.model_archive.spec import DEFAULT_SPEC  # noqa: E402 - the archive builder's defaults
 
 METRICS_CONFIG = REPO / "config" / "metrics.yaml"
 KSERVE_OVERLAY = OVERLAY_DIR / "kserve.properties"
@@ -122,13 +123,13 @@ def build_layout(args: argparse.Namespace) -> Path:
         raise LayoutError(f"{e} Pass --name NAME." if args.name is None else str(e)) from None
     config = info["config"]
     settings = {
-        "minWorkers": args.workers or int(config.get("minWorkers", 1)),
-        "maxWorkers": args.workers or int(config.get("maxWorkers", config.get("minWorkers", 1))),
-        "batchSize": args.batch_size or int(config.get("batchSize", 16)),
+        "minWorkers": args.workers or int(config.get("minWorkers", DEFAULT_SPEC.workers)),
+        "maxWorkers": args.workers or int(config.get("maxWorkers", config.get("minWorkers", DEFAULT_SPEC.workers))),
+        "batchSize": args.batch_size or int(config.get("batchSize", DEFAULT_SPEC.batch_size)),
         "maxBatchDelay": args.max_batch_delay if args.max_batch_delay is not None
-        else int(config.get("maxBatchDelay", 5)),
-        "responseTimeout": int(config.get("responseTimeout", 120)),
-        "startupTimeout": int(config.get("startupTimeout", 600)),
+        else int(config.get("maxBatchDelay", DEFAULT_SPEC.max_batch_delay_ms)),
+        "responseTimeout": int(config.get("responseTimeout", DEFAULT_SPEC.response_timeout_s)),
+        "startupTimeout": int(config.get("startupTimeout", DEFAULT_SPEC.startup_timeout_s)),
     }
     settings["maxWorkers"] = max(settings["maxWorkers"], settings["minWorkers"])
     out = args.out
