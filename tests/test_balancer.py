@@ -165,3 +165,12 @@ def test_a_fleet_of_two_torchserves_serves_the_same_vectors_from_both_behind_one
         assert fleet.stop_fleet(tmp_path / "work")
     assert all(running_pid(s.tmpdir) is None for s in running.servers)
     assert not (tmp_path / "work" / "key_file.json").exists()
+
+
+@pytest.mark.parametrize(("visible", "ids"), [("0,1", ["0", "1"]), ("3,2,1,0", ["3", "2", "1", "0"]),
+                                              ("GPU-a1,GPU-b2", ["GPU-a1", "GPU-b2"]), ("1,-1,2", ["1"]), ("", []),
+                                              (",".join(map(str, range(8))), [str(i) for i in range(8)])])
+def test_the_fleet_takes_one_backend_per_visible_device(visible, ids):
+    from scripts.launcher import fleet
+
+    assert fleet.device_ids({"CUDA_VISIBLE_DEVICES": visible}) == ids
