@@ -42,6 +42,7 @@ def test_one_backend_per_gpu_with_distinct_ports_and_a_valid_nginx_config(gpus, 
     assert text.count("max_fails=0;") == gpus and "least_conn;" in text
     assert f"client_max_body_size {props['max_request_size']};" in text
     assert oct(conf.stat().st_mode & 0o777) == "0o600"  # it holds the key
+    assert oct(conf.parent.stat().st_mode & 0o777) == "0o700"  # and the relay sockets that add the backends\' keys
 
 
 def test_a_broken_config_is_refused_with_nginx_s_message(tmp_path):
@@ -89,8 +90,9 @@ def behind_nginx(tmp_path):
                 for i, s in enumerate(servers)]
     key = balancer.new_key()
     props = {"max_request_size": "4096", "default_response_timeout": "30"}
-    conf = balancer.write_config(balancer.render_nginx(backends, f"127.0.0.1:{ports[0]}", tmp_path / "nginx",
-                                                       props, key), tmp_path / "nginx")
+    text = balancer.render_nginx(backends, f"127.0.0.1:{ports[0]}", tmp_path / "nginx", props, key,
+                                 [f"backend-key-{i}" for i in range(4)])
+    conf = balancer.write_config(text, tmp_path / "nginx")
     balancer.start_nginx(conf)
     pid = int((conf.parent / "nginx.pid").read_text())
     try:
@@ -122,7 +124,8 @@ def test_requests_are_spread_evenly_over_the_backends_with_auth_and_limits_kept(
     per_backend = Counter(body["backend"] for _, body in answers)
     assert sorted(per_backend) == [0, 1, 2, 3]
     assert min(per_backend.values()) >= 0.6 * 800 / 4, per_backend  # every GPU gets its share
-    assert {body["auth"] for _, body in answers} == {None}  # the key stops at nginx
+    # The client's key stops at nginx; each backend gets its own (TorchServe's token auth stays on).
+    assert all(body["auth"] == f"Bearer backend-key-{body['backend']}" for _, body in answers)
     for token in (None, "wrong"):
         status, body = _post(url + "/predictions/m", token)
         assert status == 401 and body["code"] == 401 and "Bearer" in body["message"]

@@ -66,7 +66,9 @@ def start_fleet(workdir: Path, device_ids: Sequence[str], *, listen: str = "127.
                 env={**backend.env()}, python=python, use_mps=use_mps, log_config=log_config))
         key = balancer.new_key() if token_auth else None
         props = render_config(overrides, overlays=overlays, capacity=capacity)[1]
-        conf = balancer.write_config(balancer.render_nginx(backends, listen, prefix, props, key), prefix)
+        backend_keys = [server.keys().inference for server in servers]
+        conf = balancer.write_config(balancer.render_nginx(backends, listen, prefix, props, key, backend_keys),
+                                     prefix)
         state.write_text(json.dumps({"tmpdirs": [str(b.tmpdir) for b in backends], "nginx": str(conf),
                                      "management": [server.management_url for server in servers]}))
         balancer.start_nginx(conf)
