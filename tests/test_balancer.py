@@ -150,8 +150,14 @@ def test_a_fleet_of_two_torchserves_serves_the_same_vectors_from_both_behind_one
     running = fleet.start_fleet(tmp_path / "work", ["0", "1"], listen=listen, first_port=first,
                                 overrides={"model_store": str(store)})
     try:
-        assert fleet.management_urls(tmp_path / "work") == [s.management_url for s in running.servers]
-        running.register("demo", 1)
+        assert fleet.management_urls(tmp_path / "work") == [(s.management_url, s.key_file) for s in running.servers]
+        # register.sh's command on a fleet: every backend, --workers split evenly over the GPUs.
+        from scripts.launcher.cli import main
+
+        assert main(["register", "--name", "demo", "--workers", "3", "--workdir", str(tmp_path / "work")]) == 1
+        assert main(["register", "--name", "demo", "--workers", "2", "--workdir", str(tmp_path / "work"),
+                     "--store", str(store)]) == 0
+        assert [len(s.wait_ready("demo", 1)["workers"]) for s in running.servers] == [1, 1]
         key = json.loads((tmp_path / "work" / "key_file.json").read_text())["inference"]["key"]
         answers = [_post(running.url + "/predictions/demo", key, json.dumps({"inputs": ["", f"x{i}"]}).encode())
                    for i in range(40)]

@@ -139,12 +139,13 @@ def _java(args: argparse.Namespace) -> int:
 def _cli_registrars(args: argparse.Namespace) -> tuple[list[Registrar], int, dict[str, str]]:
     """The management APIs to act on (every backend of a per-GPU fleet, else one) and the workers for each."""
     props = render_config(_cli_overrides(args))[1]
-    backends = [] if args.url else fleet.management_urls(REPO_ROOT)
+    backends = [] if args.url else fleet.management_urls(args.workdir)
     if backends:
         if args.workers % len(backends):
             raise CtlError(f"--workers {args.workers} does not split evenly over {len(backends)} GPUs (one "
                            "TorchServe each): give a multiple of the GPU count, or auto.")
-        return ([Registrar(url, None, args.key_file, log_dir=args.log_dir) for url in backends],
+        return ([Registrar(url, read_keys(key_file).management, key_file, log_dir=args.log_dir)
+                 for url, key_file in backends],
                 args.workers // len(backends), props)
     mgmt = (args.url or os.environ.get("TS_MANAGEMENT_URL") or base_url(props, "management")).rstrip("/")
     return [Registrar(mgmt, read_keys(args.key_file).management, args.key_file, log_dir=args.log_dir)], \
@@ -301,6 +302,9 @@ def _parser() -> argparse.ArgumentParser:
                             help="TorchServe's key_file.json (written in its working directory)" + d)
         parser.add_argument("--log-dir", type=Path, default=log_dir,
                             help="TorchServe's log directory, for error hints" + d)
+        parser.add_argument("--workdir", type=Path, default=REPO_ROOT,
+                            help="where a per-GPU fleet was started from: its backends are used (build/fleet.json)"
+                                 + d)
 
     r = sub.add_parser(
         "register", prog="scripts/register.sh", formatter_class=raw,

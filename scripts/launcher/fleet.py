@@ -70,7 +70,8 @@ def start_fleet(workdir: Path, device_ids: Sequence[str], *, listen: str = "127.
         conf = balancer.write_config(balancer.render_nginx(backends, listen, prefix, props, key, backend_keys),
                                      prefix)
         state.write_text(json.dumps({"tmpdirs": [str(b.tmpdir) for b in backends], "nginx": str(conf),
-                                     "management": [server.management_url for server in servers]}))
+                                     "management": [server.management_url for server in servers],
+                                     "key_files": [str(server.key_file) for server in servers]}))
         balancer.start_nginx(conf)
     except BaseException:
         stop_fleet(workdir)
@@ -105,12 +106,14 @@ def stop_fleet(workdir: Path) -> bool:
     return True
 
 
-def management_urls(workdir: Path) -> list[str]:
-    """The backends' management APIs of the fleet started from ``workdir`` (none: no fleet runs)."""
+def management_urls(workdir: Path) -> list[tuple[str, Path]]:
+    """The backends' management APIs and key files of the fleet started from ``workdir`` (none: no fleet)."""
     try:
-        return list(json.loads((Path(workdir) / STATE_FILE).read_text()).get("management", []))
+        state = json.loads((Path(workdir) / STATE_FILE).read_text())
     except (OSError, ValueError):
         return []
+    return [(url, Path(key)) for url, key in zip(state.get("management", []), state.get("key_files", []),
+                                                 strict=False)]
 
 
 def device_ids(env: Mapping[str, str] | None = None) -> list[str]:
