@@ -158,7 +158,7 @@ def test_hostile_requests_get_json_4xx_and_never_disturb_the_worker_or_good_neig
 
 # ---- limits --------------------------------------------------------------------------------------
 
-CONFIG = read_properties(REPO / "config.properties")
+CONFIG = torchserve_ctl.render_config()[1]  # what the launcher starts TorchServe with (vmargs computed)
 MiB = 2**20
 
 
@@ -180,9 +180,10 @@ def test_the_limits_fit_together():
     assert settings.max_pairs_per_request * (len(window_pair) + 2) < body_limit
     # ~512 concurrent single-pair clients queue instead of bouncing with 503.
     assert queue >= 512
-    # Heap: every queued body + the bodies inside worker batches (GPU recommendation: 2 workers x 128)
+    # Heap: every queued body + the bodies inside worker batches (the largest recommended configuration)
     # + 256 MiB for the server itself.
-    assert queue * body_limit + 2 * 128 * body_limit + 256 * MiB <= jvm_bytes("-Xmx")
+    largest = torchserve_ctl.RECOMMENDED_MAX
+    assert queue * body_limit + largest.workers * largest.batch_size * body_limit + 256 * MiB <= jvm_bytes("-Xmx")
     # Direct memory: as many maximal bodies arriving at once as the queue holds.
     assert jvm_bytes("-XX:MaxDirectMemorySize=") >= queue * body_limit
     assert CONFIG["decode_input_request"] == "false"  # the handler parses, one request at a time
