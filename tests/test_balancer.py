@@ -183,3 +183,12 @@ def test_the_fleet_takes_one_backend_per_visible_device(visible, ids):
     from scripts.launcher import fleet
 
     assert fleet.device_ids({"CUDA_VISIBLE_DEVICES": visible}) == ids
+
+
+def test_start_per_gpu_without_gpus_is_refused_before_anything_starts(tmp_path, monkeypatch, capsys):
+    from scripts.launcher.cli import main
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert main(["start", "--per-gpu", "--workdir", str(tmp_path)]) == 1
+    assert "needs GPUs" in capsys.readouterr().err
+    assert not (tmp_path / "build" / "fleet.json").exists() and not (tmp_path / "key_file.json").exists()
