@@ -56,6 +56,20 @@ def test_the_image_config_is_production_mode_with_token_auth():
     assert props["model_store"] == "/home/model-server/model-store"
 
 
+@pytest.mark.parametrize("value", ["five", "5s", "-1", "1e3", "2 "])
+def test_the_entrypoint_refuses_a_drain_delay_that_is_not_a_number_before_starting_anything(tmp_path, value):
+    # A bad value used to surface only at SIGTERM, where `sleep` failed and the graceful stop was skipped.
+    config = tmp_path / "config.properties"
+    config.write_text(f"model_store={tmp_path}\n")
+    env = dict(os.environ, PATH=f"{VENV / 'bin'}:{os.environ['PATH']}", TMPDIR=str(tmp_path / "tmp"),
+               DRAIN_DELAY_S=value)
+    proc = subprocess.run([str(DOCKER / "entrypoint.sh"), "--ts-config", str(config)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"DRAIN_DELAY_S must be a number of seconds >= 0 (e.g. 5 or 2.5), not '{value}'" in proc.stderr
+    assert not (tmp_path / "tmp").exists()  # nothing started: TorchServe would have made its TMPDIR
+
+
 @pytest.mark.torchserve
 def test_the_entrypoint_serves_the_store_in_production_mode_and_stops_on_sigterm(tmp_path, tiny_models):
     store = tmp_path / "model-store"
