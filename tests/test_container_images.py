@@ -111,6 +111,7 @@ def assert_refused(reply: Reply) -> None:
 class Container:
     name: str
     started_at: float  # monotonic time of `podman run`
+    not_ready_probes: int = 0  # health checks that failed before the first one passed
 
     def port(self, inner: int) -> int:
         out = podman("port", self.name, str(inner)).stdout.strip()
@@ -135,12 +136,14 @@ class Container:
     def wait_healthy(self, probe: list[str] | None = None) -> float:
         """Seconds from `podman run`/`start` until the health check (or ``probe``) passes."""
         deadline = time.monotonic() + READY_TIMEOUT_S
+        self.not_ready_probes = 0
         while time.monotonic() < deadline:
             assert self.inspect("{{.State.Running}}") == "true", f"the container exited:\n{self.logs()[-4000:]}"
             proc = (self.exec(*probe, check=False) if probe
                     else podman("healthcheck", "run", self.name, check=False, timeout=60))
             if proc.returncode == 0:
                 return time.monotonic() - self.started_at
+            self.not_ready_probes += 1
             time.sleep(2)
         raise AssertionError(f"not healthy within {READY_TIMEOUT_S:.0f} s:\n{self.logs()[-4000:]}")
 
@@ -209,6 +212,7 @@ def test_the_plain_image_runs_as_a_non_root_user_with_a_read_only_store(plain):
 
 def test_the_health_check_is_the_readiness_probe_and_passes_once_workers_are_ready(plain):
     assert "readiness.py" in plain.inspect("{{json .Config.Healthcheck}}")
+    assert plain.not_ready_probes > 0  # it failed while TorchServe and its workers were starting
     assert plain.inspect("{{.State.Health.Status}}") == "healthy"
     probe = plain.exec("python", f"{HOME}/readiness.py", "--config", f"{HOME}/config.properties")
     assert probe.stdout.strip() == "ready"
