@@ -51,6 +51,11 @@ if [[ ! -f "$ts_config" ]]; then
   exit 1
 fi
 
+# The image's HEALTHCHECK (readiness.py without --config) reads the config TorchServe runs with from here, so it
+# is right in the plain and in the KServe configuration alike.
+printf '%s\n' "$(cd "$(dirname "$ts_config")" && pwd)/$(basename "$ts_config")" >ts-config.path 2>/dev/null \
+  || echo "entrypoint: cannot write ts-config.path in $(pwd); readiness.py needs --config" >&2
+
 export TMPDIR="${TMPDIR:-/home/model-server/tmp}"
 mkdir -p "$TMPDIR"
 wrapper_pid=""

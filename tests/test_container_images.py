@@ -354,7 +354,10 @@ def test_kserve_v1_predict_and_v2_infer_return_the_exact_vector(kserve, expected
     assert bad.status == 400 and "error" in bad.body, bad
 
 
-def test_kserve_configuration_is_production_mode_without_token(kserve):
+def test_kserve_configuration_is_production_mode_and_the_image_health_check_follows_its_config(kserve):
+    health = podman("healthcheck", "run", kserve.name, check=False)
+    assert health.returncode == 0, health.stdout + health.stderr  # readiness.py on the layout's config
+    assert kserve.exec("cat", "ts-config.path").stdout.strip() == KSERVE_CONFIG
     # KServe's clients send no TorchServe token: the layout turns it off, and nothing can be registered.
     status = kserve.exec("python", "-c", (
         "import urllib.request as u, urllib.error as e\n"
