@@ -93,7 +93,19 @@ server_pid=""
 cleanup_server() { [[ -n "$server_pid" ]] && kill "$server_pid" 2>/dev/null; true; }
 if [[ -n "$wheels" ]]; then
   [[ -d "$wheels" ]] || { echo "container_test: --wheels $wheels is not a directory" >&2; exit 1; }
-  port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  # The address is part of the build's layer cache keys (build arguments are): the first free port of a
+  # fixed range keeps it the same from one build to the next, so unchanged layers are reused.
+  port="$(python3 -c '
+import socket
+for port in range(38417, 38447):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        print(port)
+        break')"
+  [[ -n "$port" ]] || { echo "container_test: no free port in 38417-38446 to serve --wheels on" >&2; exit 1; }
   python3 -m http.server --bind 127.0.0.1 "$port" --directory "$wheels" >/dev/null 2>&1 &
   server_pid=$!
   trap cleanup_server EXIT
