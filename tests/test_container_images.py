@@ -51,8 +51,9 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _selected_explicitly(request) -> None:
+    # Module scope: autouse fixtures run before the other fixtures of their scope, so nothing is built or started.
     markexpr = request.config.getoption("markexpr") or ""
     if not re.search(r"(?<!not )\bcontainer\b", markexpr):
         pytest.skip("builds a container image (minutes): select with -m container, or run scripts/container_test.sh")
