@@ -19,6 +19,14 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   exit 0
 fi
 
+# Checked before anything starts: a bad value would otherwise surface only at SIGTERM, where `sleep` fails and
+# the graceful stop is skipped.
+drain_delay="${DRAIN_DELAY_S:-5}"
+if [[ ! "$drain_delay" =~ ^[0-9]+([.][0-9]+)?$ ]]; then
+  echo "entrypoint: DRAIN_DELAY_S must be a number of seconds >= 0 (e.g. 5 or 2.5), not '$drain_delay'" >&2
+  exit 2
+fi
+
 kserve=false
 if [[ "${1:-}" == "--kserve" ]]; then
   kserve=true
@@ -43,9 +51,13 @@ if [[ ! -f "$ts_config" ]]; then
   exit 1
 fi
 
+# The image's HEALTHCHECK (readiness.py without --config) reads the config TorchServe runs with from here, so it
+# is right in the plain and in the KServe configuration alike.
+printf '%s\n' "$(cd "$(dirname "$ts_config")" && pwd)/$(basename "$ts_config")" >ts-config.path 2>/dev/null \
+  || echo "entrypoint: cannot write ts-config.path in $(pwd); readiness.py needs --config" >&2
+
 export TMPDIR="${TMPDIR:-/home/model-server/tmp}"
 mkdir -p "$TMPDIR"
-drain_delay="${DRAIN_DELAY_S:-5}"
 wrapper_pid=""
 
 stop_all() {

@@ -3,7 +3,8 @@
 
 Used as the container HEALTHCHECK and as the Kubernetes readiness/startup probe. It asks TorchServe's
 management API (loopback) rather than /ping, which stays "Healthy" while a worker restarts. It reads the
-management address and the token setting from TorchServe's config.properties, and the management key
+management address and the token setting from TorchServe's config.properties (by default the one
+docker/entrypoint.sh started TorchServe with, recorded in ts-config.path), and the management key
 from key_file.json (TorchServe writes it into its working directory) when token auth is on.
 Standard library only: it runs in any image with Python.
 """
@@ -16,6 +17,19 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+
+IMAGE_CONFIG = Path("/home/model-server/config.properties")
+RECORDED_CONFIG = Path("ts-config.path")  # entrypoint.sh writes it into TorchServe's working directory
+
+
+def default_config() -> Path:
+    """The config TorchServe was started with (plain or KServe configuration), else the image's."""
+    try:
+        recorded = RECORDED_CONFIG.read_text().strip()
+    except OSError:
+        return IMAGE_CONFIG
+    return Path(recorded) if recorded else IMAGE_CONFIG
 
 
 def read_properties(path: Path) -> dict[str, str]:
@@ -61,13 +75,14 @@ def check(config: Path, key_file: Path, timeout: float) -> str | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, default=Path("/home/model-server/config.properties"),
-                        help="TorchServe's config.properties (default: %(default)s)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help=f"TorchServe's config.properties (default: the path in {RECORDED_CONFIG}, "
+                             f"else {IMAGE_CONFIG})")
     parser.add_argument("--key-file", type=Path, default=Path("key_file.json"),
                         help="TorchServe's key file, relative to its working directory (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=4.0, help="seconds per HTTP call (default: %(default)s)")
     args = parser.parse_args()
-    reason = check(args.config, args.key_file, args.timeout)
+    reason = check(args.config or default_config(), args.key_file, args.timeout)
     if reason:
         print(f"not ready: {reason}", file=sys.stderr)
         return 1

@@ -39,7 +39,7 @@ def test_images_run_non_root_with_a_health_check_and_the_draining_entrypoint(doc
     text = (DOCKER / dockerfile).read_text()
     users = re.findall(r"^USER (\S+)$", text, re.M)
     assert users and users[-1].split(":")[0] not in ("0", "root") and users[-1].split(":")[0].isdigit()
-    assert re.search(r"^HEALTHCHECK .*\n\s+CMD \[\"python\", \"/home/model-server/readiness.py\"", text, re.M)
+    assert re.search(r"^HEALTHCHECK .*\n\s+CMD \[\"python\", \"/home/model-server/readiness.py\"\]$", text, re.M)
     assert re.search(r'^ENTRYPOINT \["/usr/local/bin/entrypoint.sh"', text, re.M)
     for source in re.findall(r"^COPY (?:--\S+ )*(\S+) ", text, re.M):
         if not source.startswith("/"):
@@ -54,6 +54,20 @@ def test_the_image_config_is_production_mode_with_token_auth():
     assert "service_envelope" not in props
     assert 'VOLUME ["/home/model-server/model-store"]' in (DOCKER / "Dockerfile").read_text()
     assert props["model_store"] == "/home/model-server/model-store"
+
+
+@pytest.mark.parametrize("value", ["five", "5s", "-1", "1e3", "2 "])
+def test_the_entrypoint_refuses_a_drain_delay_that_is_not_a_number_before_starting_anything(tmp_path, value):
+    # A bad value used to surface only at SIGTERM, where `sleep` failed and the graceful stop was skipped.
+    config = tmp_path / "config.properties"
+    config.write_text(f"model_store={tmp_path}\n")
+    env = dict(os.environ, PATH=f"{VENV / 'bin'}:{os.environ['PATH']}", TMPDIR=str(tmp_path / "tmp"),
+               DRAIN_DELAY_S=value)
+    proc = subprocess.run([str(DOCKER / "entrypoint.sh"), "--ts-config", str(config)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"DRAIN_DELAY_S must be a number of seconds >= 0 (e.g. 5 or 2.5), not '{value}'" in proc.stderr
+    assert not (tmp_path / "tmp").exists()  # nothing started: TorchServe would have made its TMPDIR
 
 
 @pytest.mark.torchserve
@@ -90,7 +104,9 @@ def test_the_entrypoint_serves_the_store_in_production_mode_and_stops_on_sigterm
                     tmpdir=workdir / "tmp", log_dir=workdir / "logs", config_file=config, ports=ports)
     try:
         wait_for_ready_worker(ts, "relu", token=True)
-        probe = subprocess.run([sys.executable, str(DOCKER / "readiness.py"), "--config", str(config)],
+        # Without --config (the image's HEALTHCHECK) it reads the config the entry point recorded.
+        assert (workdir / "ts-config.path").read_text().strip() == str(config)
+        probe = subprocess.run([sys.executable, str(DOCKER / "readiness.py")],
                                cwd=workdir, capture_output=True, text=True, timeout=30)
         assert probe.returncode == 0 and probe.stdout.strip() == "ready", probe.stdout + probe.stderr
         assert ts.call("POST", "/models?url=relu.mar", api="management").status == 405
