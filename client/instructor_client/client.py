@@ -1,23 +1,28 @@
 """``InstructorClient`` (threads) and ``AsyncInstructorClient`` (asyncio) for ``POST /predictions/<model>``.
 
-Both split the caller's pairs into requests under the server's limits, keep ``concurrency`` requests in
-flight, retry what a retry can cure (see ``retry.py``), and return the vectors in input order as plain
-lists of floats (``numpy.asarray(vectors, dtype=numpy.float32)`` gives back the server's float32 exactly).
+Both split the caller's pairs into requests under the server's limits (up to 256 pairs each), keep
+requests in flight (``concurrency="auto"``: grown while throughput grows, halved on 503; see
+``concurrency.py``), retry what a retry can cure (see ``retry.py``), and read the vectors as base64
+float32 decoded by numpy (see ``transport.py``). ``embed`` returns plain lists of floats in input order
+(``numpy.asarray(vectors, dtype=numpy.float32)`` gives back the server's float32 exactly) with the
+token count the server reported in ``.tokens``; ``embed_array`` returns the float32 matrix itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+import numpy as np
 
 from instructor_client.auth import resolve_token
 from instructor_client.batching import (
@@ -27,21 +32,39 @@ from instructor_client.batching import (
     check_pairs,
     encode_pair,
     plan_requests,
-    request_body,
 )
-from instructor_client.errors import ConnectionFailedError, ResponseFormatError, error_for_status
+from instructor_client.concurrency import AUTO, Limit, make_limit
+from instructor_client.errors import ConnectionFailedError, error_for_status
 from instructor_client.progress import progress_bar
 from instructor_client.retry import RetryPolicy, is_retryable_status, parse_retry_after
+from instructor_client.transport import (
+    DEFAULT_ENCODING,
+    ENCODINGS,
+    Batch,
+    TokenTally,
+    decode_vectors,
+    request_body,
+    tokens_of,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_MODEL = "demo"
 DEFAULT_TIMEOUT = 120.0  # the archives' responseTimeout: the server gives up on a request after that
 DEFAULT_MAX_RETRIES = 5
-DEFAULT_BATCH_SIZE = 64
-DEFAULT_CONCURRENCY = 4
+DEFAULT_BATCH_SIZE = MAX_PAIRS_PER_REQUEST  # a GPU server embeds large requests at its bulk rate
+DEFAULT_CONCURRENCY: int | str = AUTO
+# An input smaller than (batch size x requests in flight) is spread over the slots, but no request is
+# made smaller than this: tiny requests cost the server more per pair than they gain in parallelism.
+MIN_AUTO_BATCH = 32
 
 Vector = list[float]
 PathLike = str | os.PathLike[str]
+
+
+class Embeddings(list):  # type: ignore[type-arg]
+    """The vectors (lists of floats, input order); ``tokens``: what the server embedded, None if not reported."""
+
+    tokens: int | None = None
 
 
 class _Endpoints:
@@ -90,13 +113,18 @@ class _ClientBase:
                  token: str | Sequence[str | None] | None = None,
                  key_file: PathLike | Sequence[PathLike] | None = None,
                  timeout: float = DEFAULT_TIMEOUT, max_retries: int = DEFAULT_MAX_RETRIES,
-                 batch_size: int = DEFAULT_BATCH_SIZE, concurrency: int = DEFAULT_CONCURRENCY,
+                 batch_size: int = DEFAULT_BATCH_SIZE, concurrency: int | str = DEFAULT_CONCURRENCY,
                  truncate: bool = True, max_pairs_per_request: int = MAX_PAIRS_PER_REQUEST,
-                 max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
+                 max_request_bytes: int = MAX_REQUEST_BYTES, encoding: str = DEFAULT_ENCODING) -> None:
         self.model = model
         self.max_pairs_per_request = max_pairs_per_request
         self.batch_size = check_batch_size(batch_size, max_pairs_per_request)
-        self.concurrency = _check_concurrency(concurrency)
+        self.concurrency = concurrency
+        # Shared by every call: what the adaptive limit learnt about the server carries over.
+        self.limit: Limit = make_limit(concurrency)
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}; got {encoding!r}")
+        self.encoding = encoding
         self.truncate = truncate
         self.max_request_bytes = max_request_bytes
         self.timeout = timeout
@@ -105,24 +133,34 @@ class _ClientBase:
         self.retries = 0  # retries made so far (all requests): a sign of an overloaded server
         self._count_lock = threading.Lock()
 
-    def _plan(self, pairs: Iterable[Sequence[str]],
-              batch_size: int | None) -> tuple[list[bytes], list[tuple[int, int]]]:
+    def _plan(self, pairs: Iterable[Sequence[str]], batch_size: int | None,
+              limit: Limit) -> tuple[list[bytes], list[tuple[int, int]]]:
         checked = check_pairs(pairs)
-        size = self.batch_size if batch_size is None else check_batch_size(batch_size, self.max_pairs_per_request)
         encoded = [encode_pair(pair, index) for index, pair in enumerate(checked)]
+        if batch_size is None:
+            # Enough requests to fill the slots in flight, as large as the server takes.
+            spread = math.ceil(len(encoded) / max(1, limit.limit))
+            size = min(self.batch_size, max(MIN_AUTO_BATCH, spread))
+        else:
+            size = check_batch_size(batch_size, self.max_pairs_per_request)
         return encoded, plan_requests(encoded, size, self.max_request_bytes)
 
+    def _call_limit(self, concurrency: int | str | None) -> Limit:
+        return self.limit if concurrency is None else make_limit(concurrency)
+
     def _body(self, encoded: Sequence[bytes]) -> bytes:
-        return request_body(encoded, self.truncate)
+        return request_body(encoded, self.truncate, self.encoding)
 
     def _outcome(self, response: httpx.Response, url: str, n: int, offset: int,
-                 attempt: int) -> list[Vector] | float:
+                 attempt: int) -> Batch | float:
         """The vectors of a 200; the seconds to wait before retrying; or raise the typed error."""
         if response.status_code == 200:
-            return _vectors(response, url, n)
+            return Batch(decode_vectors(response.content, n, url), tokens_of(response.headers))
         text = response.text
         if is_retryable_status(response.status_code, text) and attempt < self.retry.max_retries:
             self._count_retry()
+            if response.status_code in (503, 507):
+                self.limit.overloaded()  # the queue is full: fewer requests in flight
             return self.retry.delay(attempt, parse_retry_after(response.headers.get("retry-after")))
         raise error_for_status(response.status_code, _json_or_text(response), url, offset)
 
@@ -137,7 +175,8 @@ class _ClientBase:
             self.retries += 1
 
     def _http_limits(self) -> httpx.Limits:
-        return httpx.Limits(max_connections=max(self.concurrency, 1) * 2, max_keepalive_connections=self.concurrency)
+        most = self.limit.maximum
+        return httpx.Limits(max_connections=most * 2, max_keepalive_connections=most)
 
     def _http_timeout(self) -> httpx.Timeout:
         return httpx.Timeout(self.timeout, connect=min(10.0, self.timeout))
@@ -170,38 +209,51 @@ class InstructorClient(_ClientBase):
         return self.embed([(instruction, text)])[0]
 
     def embed(self, pairs: Iterable[Sequence[str]], *, batch_size: int | None = None,
-              concurrency: int | None = None, progress: bool = False) -> list[Vector]:
-        """Vectors of ``pairs`` (``(instruction, text)``), in input order.
+              concurrency: int | str | None = None, progress: bool = False) -> Embeddings:
+        """Vectors of ``pairs`` (``(instruction, text)``), in input order, with ``.tokens``.
 
-        ``batch_size`` pairs per request (<= the server's max_pairs_per_request, 256), ``concurrency``
-        requests in flight, ``progress=True`` for a progress bar (pairs/s, ETA) on stderr.
-        Raises InvalidPairError before sending anything; an APIError's ``index`` is the failing pair's
-        position in ``pairs``.
+        ``batch_size`` pairs per request (<= the server's max_pairs_per_request, 256; default: up to
+        256, smaller when that leaves requests in flight idle), ``concurrency`` requests in flight (an
+        int, or "auto"; default: the client's), ``progress=True`` for a progress bar (pairs/s, ETA) on
+        stderr. Raises InvalidPairError before sending anything; an APIError's ``index`` is the failing
+        pair's position in ``pairs``.
         """
-        encoded, ranges = self._plan(pairs, batch_size)
-        workers = _check_concurrency(self.concurrency if concurrency is None else concurrency)
+        batch = self.embed_array(pairs, batch_size=batch_size, concurrency=concurrency, progress=progress)
+        vectors = Embeddings(batch.vectors.tolist())
+        vectors.tokens = batch.tokens
+        return vectors
+
+    def embed_array(self, pairs: Iterable[Sequence[str]], *, batch_size: int | None = None,
+                    concurrency: int | str | None = None, progress: bool = False) -> Batch:
+        """Like ``embed``, as ``Batch(vectors=float32 matrix (pairs x dim), tokens=int | None)``."""
+        limit = self._call_limit(concurrency)
+        encoded, ranges = self._plan(pairs, batch_size, limit)
         if len(ranges) == 1 and not progress:
             return self.embed_request(encoded)  # one request (a query): no thread pool on the latency path
-        vectors: list[Vector | None] = [None] * len(encoded)
-        with progress_bar(len(encoded), progress) as bar, ThreadPoolExecutor(workers) as pool:
-            futures: dict[Future[list[Vector]], int] = {
-                pool.submit(self.embed_request, encoded[start:end], start): start for start, end in ranges
-            }
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    if future.exception() is not None:
-                        for other in pending:
-                            other.cancel()
-                        raise future.exception()  # type: ignore[misc]
-                    start = futures[future]
-                    result = future.result()
-                    vectors[start:start + len(result)] = result
-                    bar.update(len(result))
-        return vectors  # type: ignore[return-value]
+        parts: dict[int, np.ndarray] = {}
+        tally = TokenTally()
+        queue = list(reversed(ranges))
+        with progress_bar(len(encoded), progress) as bar, ThreadPoolExecutor(limit.maximum) as pool:
+            in_flight: dict[Future[Batch], int] = {}
+            try:
+                while queue or in_flight:
+                    while queue and len(in_flight) < limit.limit:
+                        start, end = queue.pop()
+                        in_flight[pool.submit(self.embed_request, encoded[start:end], start)] = start
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        start = in_flight.pop(future)
+                        result = future.result()  # raises the request's error: the rest is cancelled below
+                        parts[start] = result.vectors
+                        tally.add(result.tokens)
+                        limit.completed(len(result.vectors))
+                        bar.update(len(result.vectors))
+            finally:
+                for future in in_flight:
+                    future.cancel()
+        return _joined(parts, tally)
 
-    def embed_request(self, encoded: Sequence[bytes], offset: int = 0) -> list[Vector]:
+    def embed_request(self, encoded: Sequence[bytes], offset: int = 0) -> Batch:
         """ONE request of already encoded pairs (``batching.encode_pair``), with retries.
 
         ``offset`` is the position of the first pair in the caller's input, for errors' ``index``.
@@ -244,28 +296,42 @@ class AsyncInstructorClient(_ClientBase):
         return (await self.embed([(instruction, text)]))[0]
 
     async def embed(self, pairs: Iterable[Sequence[str]], *, batch_size: int | None = None,
-                    concurrency: int | None = None, progress: bool = False) -> list[Vector]:
-        """Vectors of ``pairs`` in input order; same arguments and errors as ``InstructorClient.embed``."""
-        encoded, ranges = self._plan(pairs, batch_size)
-        vectors: list[Vector | None] = [None] * len(encoded)
-        gate = asyncio.Semaphore(_check_concurrency(self.concurrency if concurrency is None else concurrency))
+                    concurrency: int | str | None = None, progress: bool = False) -> Embeddings:
+        """Vectors of ``pairs`` in input order; same arguments, result and errors as ``InstructorClient.embed``."""
+        batch = await self.embed_array(pairs, batch_size=batch_size, concurrency=concurrency, progress=progress)
+        vectors = Embeddings(batch.vectors.tolist())
+        vectors.tokens = batch.tokens
+        return vectors
+
+    async def embed_array(self, pairs: Iterable[Sequence[str]], *, batch_size: int | None = None,
+                          concurrency: int | str | None = None, progress: bool = False) -> Batch:
+        """Like ``InstructorClient.embed_array``."""
+        limit = self._call_limit(concurrency)
+        encoded, ranges = self._plan(pairs, batch_size, limit)
+        parts: dict[int, np.ndarray] = {}
+        tally = TokenTally()
+        queue = list(reversed(ranges))
+        in_flight: dict[asyncio.Future[Batch], int] = {}
         with progress_bar(len(encoded), progress) as bar:
-
-            async def run(start: int, end: int) -> None:
-                async with gate:
-                    result = await self.embed_request(encoded[start:end], start)
-                vectors[start:end] = result
-                bar.update(len(result))
-
-            tasks = [asyncio.ensure_future(run(start, end)) for start, end in ranges]
             try:
-                await asyncio.gather(*tasks)
+                while queue or in_flight:
+                    while queue and len(in_flight) < limit.limit:
+                        start, end = queue.pop()
+                        in_flight[asyncio.ensure_future(self.embed_request(encoded[start:end], start))] = start
+                    done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        start = in_flight.pop(task)
+                        result = task.result()
+                        parts[start] = result.vectors
+                        tally.add(result.tokens)
+                        limit.completed(len(result.vectors))
+                        bar.update(len(result.vectors))
             finally:
-                for task in tasks:
+                for task in in_flight:
                     task.cancel()
-        return vectors  # type: ignore[return-value]
+        return _joined(parts, tally)
 
-    async def embed_request(self, encoded: Sequence[bytes], offset: int = 0) -> list[Vector]:
+    async def embed_request(self, encoded: Sequence[bytes], offset: int = 0) -> Batch:
         """ONE request of already encoded pairs, with retries (see InstructorClient.embed_request)."""
         body = self._body(encoded)
         attempt, first = 0, self.endpoints.first()
@@ -283,10 +349,12 @@ class AsyncInstructorClient(_ClientBase):
             attempt += 1
 
 
-def _check_concurrency(concurrency: int) -> int:
-    if not isinstance(concurrency, int) or concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1; got {concurrency!r}")
-    return concurrency
+def _joined(parts: dict[int, np.ndarray], tally: TokenTally) -> Batch:
+    """The requests' matrices in input order as one matrix."""
+    ordered = [parts[start] for start in sorted(parts)]
+    if not ordered:
+        return Batch(np.zeros((0, 0), dtype=np.float32), tally.total)
+    return Batch(np.concatenate(ordered) if len(ordered) > 1 else ordered[0], tally.total)
 
 
 def _json_or_text(response: httpx.Response) -> Any:
@@ -294,16 +362,3 @@ def _json_or_text(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return response.text
-
-
-def _vectors(response: httpx.Response, url: str, n: int) -> list[Vector]:
-    try:
-        body = response.json()
-    except ValueError:
-        raise ResponseFormatError(f"{url} answered 200 with a body that is not JSON: {response.text[:200]!r}") from None
-    if not isinstance(body, list) or len(body) != n or not all(isinstance(v, list) for v in body):
-        raise ResponseFormatError(
-            f"{url} answered 200 with {type(body).__name__} of {len(body) if isinstance(body, list) else '?'} "
-            f"items; expected {n} vectors"
-        )
-    return body

@@ -1,0 +1,97 @@
+"""How many requests to keep in flight: grown while throughput grows, halved when the server says it is full.
+
+A fixed number is either too few for a GPU server (it idles between requests) or too many for a small
+one (its queue fills: 503). ``AdaptiveLimit`` starts low and, after each window of completed requests,
+compares the pairs/s of the window with the best rate seen at a lower limit: while more requests in
+flight bring more throughput (by ``GAIN``), it adds a quarter; when they do not, it stays (the server's
+plateau). A 503/507 (the queue is full, the worker died) halves it at once, AIMD-style, and the growth
+starts again from there. ``FixedLimit`` is the same interface for a number the caller chose.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+AUTO = "auto"
+START = 4
+MAXIMUM = 64
+GAIN = 1.05  # a window must be this much faster than the best one below it for the limit to grow again
+
+
+class FixedLimit:
+    """Always ``limit`` requests in flight."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.maximum = limit
+
+    def completed(self, pairs: int) -> None:
+        pass
+
+    def overloaded(self) -> None:
+        pass
+
+
+class AdaptiveLimit:
+    """The limit of requests in flight, between ``minimum`` and ``maximum`` (see the module docstring)."""
+
+    def __init__(self, start: int = START, maximum: int = MAXIMUM, minimum: int = 1,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.minimum, self.maximum = minimum, max(minimum, maximum)
+        self.limit = min(max(start, minimum), self.maximum)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._best_below = 0.0  # best pairs/s seen at a limit lower than the current one
+        self._plateau = False
+        self._misses = 0
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        self._window_started = self._clock()
+        self._window_requests = 0
+        self._window_pairs = 0
+
+    def completed(self, pairs: int) -> None:
+        """A request of ``pairs`` pairs finished; may move the limit at the end of a window."""
+        with self._lock:
+            self._window_requests += 1
+            self._window_pairs += pairs
+            # A window holds 2 x limit requests: every slot has turned over, so its rate is the limit's.
+            if self._window_requests < 2 * self.limit:
+                return
+            elapsed = self._clock() - self._window_started
+            rate = self._window_pairs / elapsed if elapsed > 0 else float("inf")
+            if self._plateau or self.limit >= self.maximum:
+                pass
+            elif rate > self._best_below * GAIN:
+                self._best_below = max(self._best_below, rate)
+                self._misses = 0
+                self.limit = min(self.maximum, self.limit + max(1, self.limit // 4))
+            else:
+                # Two windows in a row without a gain: more in flight no longer helps (one could be noise).
+                self._misses += 1
+                self._plateau = self._misses >= 2
+            self._reset_window()
+
+    def overloaded(self) -> None:
+        """The server answered 503/507: halve the limit and learn again from there."""
+        with self._lock:
+            self.limit = max(self.minimum, self.limit // 2)
+            self._best_below = 0.0
+            self._plateau = False
+            self._misses = 0
+            self._reset_window()
+
+
+Limit = FixedLimit | AdaptiveLimit
+
+
+def make_limit(concurrency: int | str) -> Limit:
+    """``"auto"`` -> AdaptiveLimit; an int >= 1 -> FixedLimit; ValueError otherwise."""
+    if concurrency == AUTO:
+        return AdaptiveLimit()
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"concurrency must be 'auto' or an integer >= 1; got {concurrency!r}")
+    return FixedLimit(concurrency)
