@@ -8,7 +8,10 @@ body (``inputs`` as pairs, ``truncate``, ``encoding_format`` float | base64) and
   ``--dim`` floats, as JSON numbers or base64 float32, and ``X-Instructor-Tokens`` (whitespace-separated
   words + 1 per pair; off with ``--no-tokens``);
 - 413 PayloadTooLarge naming the pair for a text over ``--max-chars`` characters, as the handler does;
-- 503 when more than ``--capacity`` requests are in flight (TorchServe's full queue), if set.
+- 503 when more than ``--capacity`` requests are in flight (TorchServe's full queue), if set;
+- 500 to every request after the first ``fail_after`` (a handler bug: the client stops), if set;
+- each answer after ``latency`` seconds (a model's compute time), so that requests overlap.
+``seed`` picks the vectors: two seeds are two different "models".
 
     python -m benchmarks.stand_in_server --port 8090 --dim 384
 """
@@ -19,6 +22,7 @@ import argparse
 import base64
 import json
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,11 +41,14 @@ class Behaviour:
     max_chars: int = 20_000
     capacity: int | None = None  # requests in flight before 503; None: no limit
     tokens: bool = True
+    seed: int = 0
+    fail_after: int | None = None  # requests answered before every later one gets a 500
+    latency: float = 0.0  # seconds each answer takes (a model's compute time), for requests to overlap
     counters: dict[str, int] = field(default_factory=lambda: {"requests": 0, "pairs": 0, "503": 0, "max_in_flight": 0})
 
 
-def basis(dim: int) -> np.ndarray:
-    rows = np.random.default_rng(0).standard_normal((N_BASIS, dim)).astype(np.float32)
+def basis(dim: int, seed: int = 0) -> np.ndarray:
+    rows = np.random.default_rng(seed).standard_normal((N_BASIS, dim)).astype(np.float32)
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
@@ -51,7 +58,7 @@ def vector_of(table: np.ndarray, instruction: str, text: str) -> np.ndarray:
 
 
 def make_handler(behaviour: Behaviour) -> type[BaseHTTPRequestHandler]:
-    table = basis(behaviour.dim)
+    table = basis(behaviour.dim, behaviour.seed)
     lock = threading.Lock()
     state = {"in_flight": 0}
 
@@ -64,14 +71,18 @@ def make_handler(behaviour: Behaviour) -> type[BaseHTTPRequestHandler]:
                 state["in_flight"] += 1
                 busy = behaviour.capacity is not None and state["in_flight"] > behaviour.capacity
                 counters = behaviour.counters
+                broken = behaviour.fail_after is not None and counters["requests"] >= behaviour.fail_after
                 counters["requests"] += 1
                 counters["max_in_flight"] = max(counters["max_in_flight"], state["in_flight"])
                 counters["503"] += busy
             try:
-                if busy:
+                if broken:
+                    self._answer(500, {"code": 500, "type": "InternalError", "message": "stand-in failure"})
+                elif busy:
                     self._answer(503, {"code": 503, "type": "ServiceUnavailableException",
                                        "message": "Model is overloaded, please try again later."})
                 else:
+                    time.sleep(behaviour.latency)
                     self._embed(body)
             finally:
                 with lock:

@@ -224,8 +224,13 @@ def _run(args: argparse.Namespace) -> int:
         manifest = {"version": 2, "input_sha256": sha256, "input_format": fmt, "instruction": args.instruction,
                     "fields": [args.instruction_field, args.text_field, spec.id_field], "model": args.model,
                     "urls": urls, "truncate": not args.no_truncate, "probe": probe}
-        found = store.open(manifest, resume=args.resume, overwrite=args.overwrite, loose=("probe",))
+        # The URL is not compared strictly: a server that moved still serves the same model if the probe
+        # vector says so; the probe, not the address, is what the vectors come from.
+        found = store.open(manifest, resume=args.resume, overwrite=args.overwrite, loose=("probe", "urls"))
         check_probe(found.get("probe"), probe, "Pass --overwrite to start again with the model served now.")
+        if found.get("urls", urls) != urls:
+            _say(f"note: the interrupted run used --url {' '.join(found['urls'])}; its model answers the probe "
+                 "pair with the same vector here, so the run continues")
         return _embed(args, client, spec, store, newlines, len(probe))
 
 
@@ -256,7 +261,9 @@ def _embed(args: argparse.Namespace, client: InstructorClient, spec: InputSpec, 
         write_output(args.output, store.chunks, rows, stored_dim or dim)
         written = (rows, stored_dim or dim)
     failures_file = failures.finish()
-    _summary(args, spec.format, source, result, elapsed, written, failures_file, failures)
+    mode = "adapted to the server" if args.concurrency == "auto" else "fixed by --concurrency"
+    in_flight = f"{client.limit.limit} at the end ({mode}), {client.retries} retried"
+    _summary(args, spec.format, source, result, elapsed, written, failures_file, failures, in_flight)
     if result.fatal is not None:
         return EXIT_FAILED
     if result.failed == 0:
@@ -273,7 +280,8 @@ def _total_rows(spec: InputSpec, estimate: int | None) -> int | None:
 
 
 def _summary(args: argparse.Namespace, fmt: str, source: JobSource, result: RunResult, elapsed: float,
-             written: tuple[int, int] | None, failures_file: Path | None, failures: _Failures) -> None:
+             written: tuple[int, int] | None, failures_file: Path | None, failures: _Failures,
+             in_flight: str) -> None:
     rate = result.embedded / elapsed if elapsed > 0 else 0.0
     lines = [
         "instructor-embed summary",
@@ -282,6 +290,7 @@ def _summary(args: argparse.Namespace, fmt: str, source: JobSource, result: RunR
         f"  embedded  {result.embedded} pairs in {elapsed:.1f} s ({rate:.1f} pairs/s)"
         + (f", {source.already} stored by an earlier run" if source.already else ""),
         f"  tokens    {result.tokens.describe(result.embedded)}",
+        f"  requests  up to {args.batch_size} pairs each; in flight: {in_flight}",
         f"  failed    {result.failed} row(s) refused by the server",
     ]
     if written is not None:

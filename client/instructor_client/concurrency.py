@@ -1,11 +1,12 @@
 """How many requests to keep in flight: grown while throughput grows, halved when the server says it is full.
 
 A fixed number is either too few for a GPU server (it idles between requests) or too many for a small
-one (its queue fills: 503). ``AdaptiveLimit`` starts low and, after each window of completed requests,
-compares the pairs/s of the window with the best rate seen at a lower limit: while more requests in
-flight bring more throughput (by ``GAIN``), it adds a quarter; when they do not, it stays (the server's
-plateau). A 503/507 (the queue is full, the worker died) halves it at once, AIMD-style, and the growth
-starts again from there. ``FixedLimit`` is the same interface for a number the caller chose.
+one (its queue fills: 503). ``AdaptiveLimit`` starts low and, after each window of completed requests
+(one per slot), compares the window's pairs/s with the best rate seen at a lower limit: a large gain
+(``FAST_GAIN``: the server is latency-bound) doubles the limit, a smaller one (``GAIN``) adds a quarter,
+and two windows in a row without a gain mean the server's plateau: the limit stays. A 503/507 (the
+queue is full, the worker died) halves it at once, AIMD-style, and the growth starts again from there.
+``FixedLimit`` is the same interface for a number the caller chose.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ AUTO = "auto"
 START = 4
 MAXIMUM = 64
 GAIN = 1.05  # a window must be this much faster than the best one below it for the limit to grow again
+FAST_GAIN = 1.3  # ... and this much faster for it to double (far from the plateau: get there in few windows)
 
 
 class FixedLimit:
@@ -58,17 +60,18 @@ class AdaptiveLimit:
         with self._lock:
             self._window_requests += 1
             self._window_pairs += pairs
-            # A window holds 2 x limit requests: every slot has turned over, so its rate is the limit's.
-            if self._window_requests < 2 * self.limit:
+            # A window holds one request per slot: every slot has turned over, so its rate is the limit's.
+            if self._window_requests < self.limit:
                 return
             elapsed = self._clock() - self._window_started
             rate = self._window_pairs / elapsed if elapsed > 0 else float("inf")
             if self._plateau or self.limit >= self.maximum:
                 pass
             elif rate > self._best_below * GAIN:
+                step = self.limit if rate > self._best_below * FAST_GAIN else max(1, self.limit // 4)
                 self._best_below = max(self._best_below, rate)
                 self._misses = 0
-                self.limit = min(self.maximum, self.limit + max(1, self.limit // 4))
+                self.limit = min(self.maximum, self.limit + step)
             else:
                 # Two windows in a row without a gain: more in flight no longer helps (one could be noise).
                 self._misses += 1
