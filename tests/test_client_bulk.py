@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from benchmarks.stand_in_server import Behaviour, basis, stand_in_server, vector_of
 from instructor_client import InstructorClient
@@ -57,7 +56,8 @@ def test_a_refused_row_is_recorded_every_other_row_is_written_and_resume_retries
     assert proc.returncode == EXIT_ROWS, proc.stderr
     assert "line 138 (id 'doc-137'): 413 PayloadTooLarge" in proc.stderr
     failures = [json.loads(line) for line in (tmp_path / "out.parquet.failures.jsonl").read_text().splitlines()]
-    assert [(f["line"], f["id"], f["status"], f["type"]) for f in failures] == [(138, "doc-137", 413, "PayloadTooLarge")]
+    got = [(f["line"], f["id"], f["status"], f["type"]) for f in failures]
+    assert got == [(138, "doc-137", 413, "PayloadTooLarge")]
     lines, ids, vectors = read_parquet(output)
     kept = [r for i, r in enumerate(data) if i != 137]
     assert ids == [r["id"] for r in kept] and 138 not in lines
@@ -132,7 +132,8 @@ def test_a_raw_carriage_return_inside_a_jsonl_record_does_not_split_it(tmp_path)
 def test_invalid_utf8_is_a_bad_row_with_its_line_number(tmp_path):
     rows = [b"id,instruction,text", b"a,x,fine", b"b,x,caf\xe9 au lait", b"c,x,also fine"]
     (tmp_path / "in.csv").write_bytes(b"\n".join(rows) + b"\n")
-    (tmp_path / "in.jsonl").write_bytes(b'{"text": "ok", "instruction": "x"}\n{"text": "caf\xe9", "instruction": "x"}\n')
+    (tmp_path / "in.jsonl").write_bytes(b'{"text": "ok", "instruction": "x"}\n'
+                                        b'{"text": "caf\xe9", "instruction": "x"}\n')
     with stand_in_server() as url:
         proc = embed_cli(url, "-i", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.jsonl"))
         assert proc.returncode == EXIT_ROWS and "line 3: field 'text' is not valid UTF-8" in proc.stderr, proc.stderr

@@ -69,15 +69,24 @@ class RunResult:
     embedded: int = 0
     failed: int = 0
     first_failures: list[Failure] = field(default_factory=list)
-    fatal: InstructorServeError | None = None
+    fatal: InstructorServeError | OSError | None = None
     tokens: TokenTally = field(default_factory=TokenTally)
 
 
 def embed_jobs(client: InstructorClient, jobs: Iterator[Job], limit: Limit,
                store: Callable[[Job, Batch], None], record_failure: Callable[[Failure], None],
                on_progress: Callable[[int], None]) -> RunResult:
-    """Send every job, call ``store(job, batch)`` as each finishes and ``record_failure`` per refused row."""
+    """Send every job, call ``store(job, batch)`` as each finishes and ``record_failure`` per refused row.
+
+    ``store`` runs on the request's thread (an fsync then overlaps other requests instead of holding up
+    the scheduling of new ones); ``record_failure`` and ``on_progress`` on the calling thread."""
     result = RunResult()
+
+    def send(job: Job) -> Batch:
+        batch = client.embed_request(job.encoded, job.start)
+        store(job, batch)
+        return batch
+
     retry: deque[Job] = deque()  # pieces of refused requests: sent before new jobs
     in_flight: dict[Future[Batch], Job] = {}
 
@@ -95,7 +104,7 @@ def embed_jobs(client: InstructorClient, jobs: Iterator[Job], limit: Limit,
                 job = retry.popleft() if retry else next(jobs, None)
                 if job is None:
                     break
-                in_flight[pool.submit(client.embed_request, job.encoded, job.start)] = job
+                in_flight[pool.submit(send, job)] = job
             if not in_flight:
                 return result
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
@@ -108,10 +117,9 @@ def embed_jobs(client: InstructorClient, jobs: Iterator[Job], limit: Limit,
                         result.fatal = result.fatal or error
                         continue
                     retry.extendleft(reversed(_isolate(error, job, fail)))
-                except InstructorServeError as error:  # unreachable server, malformed response
+                except (InstructorServeError, OSError) as error:  # unreachable server, bad response, disk full
                     result.fatal = result.fatal or error
                 else:
-                    store(job, batch)
                     result.embedded += len(job.rows)
                     result.tokens.add(batch.tokens)
                     limit.completed(len(job.rows))

@@ -1,13 +1,13 @@
-"""Durable progress of a bulk run: ``<output>.parts/``, two files per finished request.
+"""Durable progress of a bulk run: ``<output>.parts/``, one file per finished request.
 
-Each finished request's rows (``[line, id]`` per row) land in ``rows-<start>-<end>.jsonl`` and its vectors
-in ``vectors-<start>-<end>.npy`` (float32; start/end index the run's good rows), each written to a
-temporary name, fsync'ed and renamed, the vectors last: a rename is atomic, so after a crash or a
-``kill -9`` a chunk whose vectors file exists is complete, and a half-written one is only a ``*.tmp``
-(or a rows file without vectors) that the next run deletes. ``manifest.json`` pins the input (sha256),
-the settings that change vectors and what the vectors come from (see ``probe.py``), so ``--resume``
-never mixes vectors of two inputs or two models. The directory goes away once the output is complete.
-A parts folder that is a symbolic link is kept as a link: only this module's files in it are removed.
+Each finished request lands in ``vectors-<start>-<end>.npy`` (start/end index the run's good rows): an
+.npy float32 matrix that ``numpy.load`` reads as it is, followed by the rows' ``[line, id]`` as JSON
+lines (one file, so one fsync per request). It is written to a temporary name, fsync'ed and renamed: a
+rename is atomic, so after a crash or a ``kill -9`` every chunk file is complete and a half-written one
+is only a ``*.tmp`` that the next run deletes. ``manifest.json`` pins the input (sha256), the settings
+that change vectors and what the vectors come from (see ``probe.py``), so ``--resume`` never mixes
+vectors of two inputs or two models. The directory goes away once the output is complete. A parts
+folder that is a symbolic link is kept as a link: only this module's files in it are removed.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 _CHUNK = re.compile(r"^vectors-(\d+)-(\d+)\.npy$")
-_OWN = re.compile(r"^(vectors-\d+-\d+\.npy|rows-\d+-\d+\.jsonl|manifest\.json|failures\.jsonl)(\.tmp)?$")
+_OWN = re.compile(r"^(vectors-\d+-\d+\.npy|manifest\.json)(\.tmp)?$")
 MANIFEST = "manifest.json"
 
 
@@ -74,10 +74,6 @@ class PartsStore:
                                   "resume with the same ones, or pass --overwrite to start again")
             for leftover in self.dir.glob("*.tmp"):
                 leftover.unlink()  # a write a kill interrupted; its rows are simply embedded again
-            done = {self._name("rows", s, e, "jsonl") for s, e in self.done()}
-            for orphan in self.dir.glob("rows-*.jsonl"):
-                if orphan.name not in done:
-                    orphan.unlink()  # killed between the rows file and the vectors file
             return found  # type: ignore[return-value]
         self.dir.mkdir(parents=True, exist_ok=True)
         _atomic_write(self.dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
@@ -95,21 +91,20 @@ class PartsStore:
     def manifest(self) -> dict[str, Any]:
         return json.loads((self.dir / MANIFEST).read_text(encoding="utf-8"))
 
-    def _name(self, kind: str, start: int, end: int, suffix: str) -> str:
-        return f"{kind}-{start:09d}-{end:09d}.{suffix}"
+    def _path(self, start: int, end: int) -> Path:
+        return self.dir / f"vectors-{start:09d}-{end:09d}.npy"
 
     def write(self, start: int, end: int, rows: list[tuple[int, Any]], vectors: Any) -> None:
-        """Store rows ``start..end-1`` (their ``(line, id)`` and vectors) durably: atomic renames after fsync."""
+        """Store rows ``start..end-1`` (their ``(line, id)`` and vectors) durably: atomic rename after fsync."""
         array = np.asarray(vectors, dtype=np.float32)
         if array.ndim != 2 or array.shape[0] != end - start or len(rows) != end - start:
             raise ValueError(f"rows {start}..{end}: expected {end - start} rows and vectors, got {len(rows)} "
                              f"and shape {array.shape}")
-        meta = "".join(json.dumps([line, row_id]) + "\n" for line, row_id in rows).encode()
-        _atomic_write(self.dir / self._name("rows", start, end, "jsonl"), meta, sync_dir=False)
-        path = self.dir / self._name("vectors", start, end, "npy")
+        path = self._path(start, end)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as handle:
             np.save(handle, array)
+            handle.write("".join(json.dumps([line, row_id]) + "\n" for line, row_id in rows).encode())
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -122,11 +117,10 @@ class PartsStore:
             if start < cursor:
                 raise ResumeError(f"{self.dir}: chunks overlap at rows {start}..{end}; pass --overwrite")
             cursor = end
-            yield self.chunk_rows(start, end), np.load(self.dir / self._name("vectors", start, end, "npy"))
-
-    def chunk_rows(self, start: int, end: int) -> list[tuple[int, Any]]:
-        text = (self.dir / self._name("rows", start, end, "jsonl")).read_text(encoding="utf-8")
-        return [tuple(json.loads(line)) for line in text.splitlines()]  # type: ignore[misc]
+            with open(self._path(start, end), "rb") as handle:
+                vectors = np.load(handle)
+                rows = [tuple(json.loads(line)) for line in handle.read().decode("utf-8").splitlines()]
+            yield rows, vectors  # type: ignore[misc]
 
     def shape(self) -> tuple[int, int]:
         """(rows stored, vector dimension) without loading the vectors."""
@@ -134,7 +128,11 @@ class PartsStore:
         for start, end in self.done():
             rows += end - start
             if not dim:
-                dim = int(np.load(self.dir / self._name("vectors", start, end, "npy"), mmap_mode="r").shape[1])
+                with open(self._path(start, end), "rb") as handle:
+                    version = np.lib.format.read_magic(handle)
+                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)
+                    dim = int(header(handle)[0][1])
         return rows, dim
 
     def remove(self) -> None:
