@@ -8,6 +8,8 @@ body (``inputs`` as pairs, ``truncate``, ``encoding_format`` float | base64) and
   ``--dim`` floats, as JSON numbers or base64 float32, and ``X-Instructor-Tokens`` (whitespace-separated
   words + 1 per pair; off with ``--no-tokens``);
 - 413 PayloadTooLarge naming the pair for a text over ``--max-chars`` characters, as the handler does;
+- 413 naming no pair for a request of more than ``max_request_pairs`` pairs (the handler's per-request
+  token budget), if set;
 - 503 when more than ``--capacity`` requests are in flight (TorchServe's full queue), if set;
 - 500 to every request after the first ``fail_after`` (a handler bug: the client stops), if set;
 - each answer after ``latency`` seconds (a model's compute time), so that requests overlap.
@@ -43,8 +45,10 @@ class Behaviour:
     tokens: bool = True
     seed: int = 0
     fail_after: int | None = None  # requests answered before every later one gets a 500
+    max_request_pairs: int | None = None  # more pairs in one request: 413 naming no pair
     latency: float = 0.0  # seconds each answer takes (a model's compute time), for requests to overlap
-    counters: dict[str, int] = field(default_factory=lambda: {"requests": 0, "pairs": 0, "503": 0, "max_in_flight": 0})
+    counters: dict[str, int] = field(default_factory=lambda: {"requests": 0, "pairs": 0, "413": 0, "503": 0,
+                                                                      "max_in_flight": 0})
 
 
 def basis(dim: int, seed: int = 0) -> np.ndarray:
@@ -91,6 +95,13 @@ def make_handler(behaviour: Behaviour) -> type[BaseHTTPRequestHandler]:
         def _embed(self, body: bytes) -> None:
             request = json.loads(body)
             pairs = request["inputs"]
+            if behaviour.max_request_pairs is not None and len(pairs) > behaviour.max_request_pairs:
+                with lock:
+                    behaviour.counters["413"] += 1
+                self._answer(413, {"code": 413, "type": "PayloadTooLarge", "message":
+                                   f"the request has {len(pairs) * 100} tokens; this server takes at most "
+                                   f"{behaviour.max_request_pairs * 100} tokens per request: split the request"})
+                return
             for index, (_, text) in enumerate(pairs):
                 if len(text) > behaviour.max_chars:
                     self._answer(413, {"code": 413, "type": "PayloadTooLarge", "message":

@@ -21,11 +21,12 @@ class Clock:
         return self.now
 
 
-def run_window(limit: AdaptiveLimit, clock: Clock, pairs_per_s: float, pairs: int = 100) -> None:
-    """One window of requests at a given server throughput."""
+def run_window(limit: AdaptiveLimit, clock: Clock, pairs_per_s: float, pairs: int = 100,
+               seconds: float = 0.1) -> None:
+    """One window of requests at a given server throughput, each taking ``seconds``."""
     for _ in range(limit.limit):
         clock.now += pairs / pairs_per_s
-        limit.completed(pairs)
+        limit.completed(pairs, seconds)
 
 
 def test_the_limit_doubles_far_from_the_plateau_then_creeps_then_holds():
@@ -56,6 +57,17 @@ def test_a_full_queue_halves_the_limit_and_growth_starts_again():
     assert limit.limit == 1  # never below the minimum
     run_window(limit, clock, 100)
     assert limit.limit == 2
+
+
+def test_requests_near_the_timeout_stop_the_growth_and_far_past_it_shrink_the_limit():
+    clock = Clock()
+    limit = AdaptiveLimit(start=8, maximum=64, clock=clock, max_latency=30.0)
+    run_window(limit, clock, 1000, seconds=31.0)  # faster, but requests already take over a quarter of the timeout
+    assert limit.limit == 8
+    run_window(limit, clock, 2000, seconds=61.0)  # they wait in the server's queue: fewer in flight
+    assert limit.limit == 6
+    run_window(limit, clock, 2000, seconds=5.0)
+    assert limit.limit == 12
 
 
 def test_the_limit_never_passes_its_maximum_and_a_fixed_one_never_moves():

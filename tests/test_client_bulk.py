@@ -238,3 +238,16 @@ def test_auto_concurrency_grows_while_more_requests_in_flight_bring_more_through
     assert proc.returncode == 0, proc.stderr
     print(proc.stderr, behaviour.counters)
     assert behaviour.counters["max_in_flight"] > 4  # grew past the starting 4
+
+
+def test_requests_refused_as_too_large_as_a_whole_make_the_next_ones_smaller(tmp_path):
+    data = records(5000)
+    source = write_jsonl(tmp_path / "in.jsonl", data)
+    behaviour = Behaviour(max_request_pairs=20)  # a server whose per-request token budget is small
+    with stand_in_server(behaviour) as url:
+        proc = embed_cli(url, "-i", str(source), "-o", str(tmp_path / "out.npy"), "--concurrency", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "refused 256-pair requests as too large: 16 pairs each" in proc.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected(data))
+    # Halving every one of the 20 requests of 256 pairs down to 16 would take 15 refusals each (300).
+    assert behaviour.counters["413"] < 100, behaviour.counters

@@ -25,6 +25,7 @@ from instructor_client.bulk.jobs import JobSource
 from instructor_client.bulk.probe import check_probe, probe_vector
 from instructor_client.bulk.readers import FORMATS, BadRow, InputSpec, check_input, detect_format, read_rows, scan_file
 from instructor_client.bulk.runner import MAX_KEPT, Failure, Job, RunResult, embed_jobs
+from instructor_client.bulk.sizing import RequestSize
 from instructor_client.bulk.store import PartsStore, ResumeError
 from instructor_client.bulk.writers import OUTPUT_FORMATS, output_format, write_output
 from instructor_client.client import (
@@ -187,6 +188,8 @@ class _Failures:
 
 def _run(args: argparse.Namespace) -> int:
     output_format(args.output)
+    if args.output.is_dir():
+        raise ValueError(f"--output {args.output} is a directory: name the file to write")
     if not args.input.is_file():
         raise FileNotFoundError(f"--input {args.input} does not exist or is not a file")
     make_limit(args.concurrency)
@@ -242,13 +245,14 @@ def _embed(args: argparse.Namespace, client: InstructorClient, spec: InputSpec, 
     started = time.monotonic()
     try:
         with progress_bar(_total_rows(spec, estimate), show) as bar:
-            source = JobSource(read_rows(spec), store.done(), client.batch_size, MAX_REQUEST_BYTES,
+            size = RequestSize(client.batch_size)
+            source = JobSource(read_rows(spec), store.done(), size, MAX_REQUEST_BYTES,
                                on_bad=failures.add_bad, on_stored=bar.update)
 
             def keep(job: Job, batch: Batch) -> None:
                 store.write(job.start, job.end, job.rows, batch.vectors)
 
-            result = embed_jobs(client, iter(source), client.limit, keep, failures.add_refused, bar.update)
+            result = embed_jobs(client, iter(source), client.limit, size, keep, failures.add_refused, bar.update)
     except KeyboardInterrupt:
         failures.finish()
         _say(f"interrupted: finished requests are stored in {store.dir}; run again with --resume to continue")
@@ -263,6 +267,8 @@ def _embed(args: argparse.Namespace, client: InstructorClient, spec: InputSpec, 
     failures_file = failures.finish()
     mode = "adapted to the server" if args.concurrency == "auto" else "fixed by --concurrency"
     in_flight = f"{client.limit.limit} at the end ({mode}), {client.retries} retried"
+    if size.pairs < size.limit:
+        in_flight += f"; the server refused {size.limit}-pair requests as too large: {size.pairs} pairs each at the end"
     _summary(args, spec.format, source, result, elapsed, written, failures_file, failures, in_flight)
     if result.fatal is not None:
         return EXIT_FAILED

@@ -11,6 +11,7 @@ token count the server reported in ``.tokens``; ``embed_array`` returns the floa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import math
 import os
@@ -121,7 +122,8 @@ class _ClientBase:
         self.batch_size = check_batch_size(batch_size, max_pairs_per_request)
         self.concurrency = concurrency
         # Shared by every call: what the adaptive limit learnt about the server carries over.
-        self.limit: Limit = make_limit(concurrency)
+        # It never grows while requests take over a quarter of the timeout: a slow server is not pushed to it.
+        self.limit: Limit = make_limit(concurrency, max_latency=timeout / 4)
         if encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}; got {encoding!r}")
         self.encoding = encoding
@@ -146,7 +148,7 @@ class _ClientBase:
         return encoded, plan_requests(encoded, size, self.max_request_bytes)
 
     def _call_limit(self, concurrency: int | str | None) -> Limit:
-        return self.limit if concurrency is None else make_limit(concurrency)
+        return self.limit if concurrency is None else make_limit(concurrency, max_latency=self.timeout / 4)
 
     def _body(self, encoded: Sequence[bytes]) -> bytes:
         return request_body(encoded, self.truncate, self.encoding)
@@ -165,6 +167,8 @@ class _ClientBase:
         raise error_for_status(response.status_code, _json_or_text(response), url, offset)
 
     def _transport_failure(self, exc: httpx.TransportError, url: str, attempt: int) -> float:
+        if isinstance(exc, httpx.TimeoutException):
+            self.limit.overloaded()  # requests wait longer than the timeout: fewer in flight
         if attempt >= self.retry.max_retries:
             raise ConnectionFailedError(url, exc) from exc
         self._count_retry()
@@ -246,7 +250,7 @@ class InstructorClient(_ClientBase):
                         result = future.result()  # raises the request's error: the rest is cancelled below
                         parts[start] = result.vectors
                         tally.add(result.tokens)
-                        limit.completed(len(result.vectors))
+                        limit.completed(len(result.vectors), result.seconds)
                         bar.update(len(result.vectors))
             finally:
                 for future in in_flight:
@@ -262,6 +266,7 @@ class InstructorClient(_ClientBase):
         attempt, first = 0, self.endpoints.first()
         while True:
             url, headers = self.endpoints.pick(first, attempt)
+            sent = time.monotonic()
             try:
                 response = self._http.post(url, content=body, headers=headers)
             except httpx.TransportError as exc:
@@ -269,7 +274,7 @@ class InstructorClient(_ClientBase):
             else:
                 outcome = self._outcome(response, url, len(encoded), offset, attempt)
                 if not isinstance(outcome, float):
-                    return outcome
+                    return dataclasses.replace(outcome, seconds=time.monotonic() - sent)
                 time.sleep(outcome)
             attempt += 1
 
@@ -324,7 +329,7 @@ class AsyncInstructorClient(_ClientBase):
                         result = task.result()
                         parts[start] = result.vectors
                         tally.add(result.tokens)
-                        limit.completed(len(result.vectors))
+                        limit.completed(len(result.vectors), result.seconds)
                         bar.update(len(result.vectors))
             finally:
                 for task in in_flight:
@@ -337,6 +342,7 @@ class AsyncInstructorClient(_ClientBase):
         attempt, first = 0, self.endpoints.first()
         while True:
             url, headers = self.endpoints.pick(first, attempt)
+            sent = time.monotonic()
             try:
                 response = await self._http.post(url, content=body, headers=headers)
             except httpx.TransportError as exc:
@@ -344,7 +350,7 @@ class AsyncInstructorClient(_ClientBase):
             else:
                 outcome = self._outcome(response, url, len(encoded), offset, attempt)
                 if not isinstance(outcome, float):
-                    return outcome
+                    return dataclasses.replace(outcome, seconds=time.monotonic() - sent)
                 await asyncio.sleep(outcome)
             attempt += 1
 

@@ -5,7 +5,10 @@ one (its queue fills: 503). ``AdaptiveLimit`` starts low and, after each window 
 (one per slot), compares the window's pairs/s with the best rate seen at a lower limit: a large gain
 (``FAST_GAIN``: the server is latency-bound) doubles the limit, a smaller one (``GAIN``) adds a quarter,
 and two windows in a row without a gain mean the server's plateau: the limit stays. A 503/507 (the
-queue is full, the worker died) halves it at once, AIMD-style, and the growth starts again from there.
+queue is full, the worker died, a request timed out) halves it at once, AIMD-style, and the growth starts
+again from there. A slow server is not pushed towards the client's timeout: the limit does not grow while a
+window's slowest request took more than ``max_latency`` (a quarter of the timeout), and shrinks by a
+quarter when it took more than twice that (requests then wait in the server's queue, not on its model).
 ``FixedLimit`` is the same interface for a number the caller chose.
 """
 
@@ -29,7 +32,7 @@ class FixedLimit:
         self.limit = limit
         self.maximum = limit
 
-    def completed(self, pairs: int) -> None:
+    def completed(self, pairs: int, seconds: float = 0.0) -> None:
         pass
 
     def overloaded(self) -> None:
@@ -40,8 +43,9 @@ class AdaptiveLimit:
     """The limit of requests in flight, between ``minimum`` and ``maximum`` (see the module docstring)."""
 
     def __init__(self, start: int = START, maximum: int = MAXIMUM, minimum: int = 1,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_latency: float | None = None) -> None:
         self.minimum, self.maximum = minimum, max(minimum, maximum)
+        self.max_latency = max_latency
         self.limit = min(max(start, minimum), self.maximum)
         self._clock = clock
         self._lock = threading.Lock()
@@ -54,18 +58,23 @@ class AdaptiveLimit:
         self._window_started = self._clock()
         self._window_requests = 0
         self._window_pairs = 0
+        self._window_slowest = 0.0
 
-    def completed(self, pairs: int) -> None:
-        """A request of ``pairs`` pairs finished; may move the limit at the end of a window."""
+    def completed(self, pairs: int, seconds: float = 0.0) -> None:
+        """A request of ``pairs`` pairs finished in ``seconds``; may move the limit at the end of a window."""
         with self._lock:
             self._window_requests += 1
             self._window_pairs += pairs
+            self._window_slowest = max(self._window_slowest, seconds)
             # A window holds one request per slot: every slot has turned over, so its rate is the limit's.
             if self._window_requests < self.limit:
                 return
             elapsed = self._clock() - self._window_started
             rate = self._window_pairs / elapsed if elapsed > 0 else float("inf")
-            if self._plateau or self.limit >= self.maximum:
+            slow = self.max_latency is not None and self._window_slowest > self.max_latency
+            if slow and self._window_slowest > 2 * self.max_latency:  # type: ignore[operator]
+                self.limit = max(self.minimum, self.limit - max(1, self.limit // 4))
+            elif slow or self._plateau or self.limit >= self.maximum:
                 pass
             elif rate > self._best_below * GAIN:
                 step = self.limit if rate > self._best_below * FAST_GAIN else max(1, self.limit // 4)
@@ -79,7 +88,7 @@ class AdaptiveLimit:
             self._reset_window()
 
     def overloaded(self) -> None:
-        """The server answered 503/507: halve the limit and learn again from there."""
+        """The server answered 503/507 or a request timed out: halve the limit and learn again from there."""
         with self._lock:
             self.limit = max(self.minimum, self.limit // 2)
             self._best_below = 0.0
@@ -91,10 +100,10 @@ class AdaptiveLimit:
 Limit = FixedLimit | AdaptiveLimit
 
 
-def make_limit(concurrency: int | str) -> Limit:
+def make_limit(concurrency: int | str, max_latency: float | None = None) -> Limit:
     """``"auto"`` -> AdaptiveLimit; an int >= 1 -> FixedLimit; ValueError otherwise."""
     if concurrency == AUTO:
-        return AdaptiveLimit()
+        return AdaptiveLimit(max_latency=max_latency)
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"concurrency must be 'auto' or an integer >= 1; got {concurrency!r}")
     return FixedLimit(concurrency)

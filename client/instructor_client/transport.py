@@ -27,10 +27,12 @@ TOKENS_HEADER = "X-Instructor-Tokens"
 
 @dataclass(frozen=True)
 class Batch:
-    """One request's answer: a float32 matrix (pairs x dim) and its token count (None: not reported)."""
+    """One request's answer: a float32 matrix (pairs x dim), its token count (None: not reported) and the
+    seconds its successful attempt took (for a request of several, 0)."""
 
     vectors: np.ndarray
     tokens: int | None
+    seconds: float = 0.0
 
 
 def request_body(encoded: Sequence[bytes], truncate: bool = True, encoding: str = DEFAULT_ENCODING) -> bytes:

@@ -1,8 +1,8 @@
 """Cut the input's rows into jobs (one request each) as they are read, skipping rows an earlier run stored.
 
 Good rows are numbered in input order (bad ones are not: they are reported, never sent); a job holds
-consecutive good rows, at most ``batch_size`` of them and about ``max_bytes`` of JSON, and never spans a
-range that is already stored, so every stored chunk stays one contiguous range of row numbers.
+consecutive good rows, at most ``RequestSize.pairs`` of them and about ``max_bytes`` of JSON, and never
+spans a range that is already stored, so every stored chunk stays one contiguous range of row numbers.
 """
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ from typing import Any
 from instructor_client.batching import encode_pair
 from instructor_client.bulk.readers import BadRow, Row
 from instructor_client.bulk.runner import Job
+from instructor_client.bulk.sizing import RequestSize
 
 
 class JobSource:
     """An iterator of Jobs over ``rows``; counts what it saw (``good``, ``bad``, ``already`` stored)."""
 
-    def __init__(self, rows: Iterable[Row | BadRow], done: list[tuple[int, int]], batch_size: int,
+    def __init__(self, rows: Iterable[Row | BadRow], done: list[tuple[int, int]], size: RequestSize,
                  max_bytes: int, on_bad: Callable[[BadRow], None], on_stored: Callable[[int], None]) -> None:
         self._rows = rows
         self._done = sorted(done)
-        self._batch_size = batch_size
+        self._size = size
         self._max_bytes = max_bytes
         self._on_bad = on_bad
         self._on_stored = on_stored
@@ -55,7 +56,7 @@ class JobSource:
                     rows, encoded, size = [], [], 0
                 continue
             item = encode_pair((row.instruction, row.text), index)
-            if rows and (len(rows) >= self._batch_size or size + len(item) + 1 > self._max_bytes):
+            if rows and (len(rows) >= self._size.pairs or size + len(item) + 1 > self._max_bytes):
                 yield Job(start, rows, encoded)
                 rows, encoded, size = [], [], 0
             if not rows:

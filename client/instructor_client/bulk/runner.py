@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from instructor_client.bulk.sizing import RequestSize
 from instructor_client.client import InstructorClient
 from instructor_client.concurrency import Limit
 from instructor_client.errors import (
@@ -73,7 +74,7 @@ class RunResult:
     tokens: TokenTally = field(default_factory=TokenTally)
 
 
-def embed_jobs(client: InstructorClient, jobs: Iterator[Job], limit: Limit,
+def embed_jobs(client: InstructorClient, jobs: Iterator[Job], limit: Limit, size: RequestSize,
                store: Callable[[Job, Batch], None], record_failure: Callable[[Failure], None],
                on_progress: Callable[[int], None]) -> RunResult:
     """Send every job, call ``store(job, batch)`` as each finishes and ``record_failure`` per refused row.
@@ -116,13 +117,16 @@ def embed_jobs(client: InstructorClient, jobs: Iterator[Job], limit: Limit,
                     if not isinstance(error, ROW_ERRORS):  # not about the rows: 404 model, token, 5xx
                         result.fatal = result.fatal or error
                         continue
+                    if isinstance(error, PayloadTooLargeError) and error.index is None and len(job.rows) > 1:
+                        size.too_large(len(job.rows))  # the next requests are made smaller from the start
                     retry.extendleft(reversed(_isolate(error, job, fail)))
                 except (InstructorServeError, OSError) as error:  # unreachable server, bad response, disk full
                     result.fatal = result.fatal or error
                 else:
                     result.embedded += len(job.rows)
                     result.tokens.add(batch.tokens)
-                    limit.completed(len(job.rows))
+                    limit.completed(len(job.rows), batch.seconds)
+                    size.succeeded(len(job.rows))
                     on_progress(len(job.rows))
 
 
