@@ -12,6 +12,7 @@ body (``inputs`` as pairs, ``truncate``, ``encoding_format`` float | base64) and
   token budget), if set;
 - 503 when more than ``--capacity`` requests are in flight (TorchServe's full queue), if set;
 - 500 to every request after the first ``fail_after`` (a handler bug: the client stops), if set;
+- 400 to a body with ``encoding_format`` when ``knows_encoding_format`` is off (an older server);
 - each answer after ``latency`` seconds (a model's compute time), so that requests overlap.
 ``seed`` picks the vectors: two seeds are two different "models".
 
@@ -46,6 +47,7 @@ class Behaviour:
     seed: int = 0
     fail_after: int | None = None  # requests answered before every later one gets a 500
     max_request_pairs: int | None = None  # more pairs in one request: 413 naming no pair
+    knows_encoding_format: bool = True  # False: a server that predates the field answers 400 to it
     latency: float = 0.0  # seconds each answer takes (a model's compute time), for requests to overlap
     counters: dict[str, int] = field(default_factory=lambda: {"requests": 0, "pairs": 0, "413": 0, "503": 0,
                                                                       "max_in_flight": 0})
@@ -95,6 +97,9 @@ def make_handler(behaviour: Behaviour) -> type[BaseHTTPRequestHandler]:
         def _embed(self, body: bytes) -> None:
             request = json.loads(body)
             pairs = request["inputs"]
+            if "encoding_format" in request and not behaviour.knows_encoding_format:
+                self._answer(400, {"code": 400, "type": "InvalidInput", "message": "unknown field 'encoding_format'"})
+                return
             if behaviour.max_request_pairs is not None and len(pairs) > behaviour.max_request_pairs:
                 with lock:
                     behaviour.counters["413"] += 1

@@ -251,3 +251,15 @@ def test_requests_refused_as_too_large_as_a_whole_make_the_next_ones_smaller(tmp
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected(data))
     # Halving every one of the 20 requests of 256 pairs down to 16 would take 15 refusals each (300).
     assert behaviour.counters["413"] < 100, behaviour.counters
+
+
+def test_a_server_that_predates_encoding_format_gets_json_numbers_instead(tmp_path):
+    data = records(30)
+    pairs = [(str(r["instruction"]), str(r["text"])) for r in data]
+    with stand_in_server(Behaviour(knows_encoding_format=False)) as url, InstructorClient(url, "m") as client:
+        vectors = client.embed(pairs, batch_size=8)
+        assert client.encoding == "float"
+        proc = embed_cli(url, "-i", str(write_jsonl(tmp_path / "in.jsonl", data)), "-o", str(tmp_path / "out.npy"))
+    np.testing.assert_array_equal(np.asarray(vectors, dtype=np.float32), expected(data))
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected(data))

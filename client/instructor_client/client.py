@@ -150,15 +150,16 @@ class _ClientBase:
     def _call_limit(self, concurrency: int | str | None) -> Limit:
         return self.limit if concurrency is None else make_limit(concurrency, max_latency=self.timeout / 4)
 
-    def _body(self, encoded: Sequence[bytes]) -> bytes:
-        return request_body(encoded, self.truncate, self.encoding)
-
     def _outcome(self, response: httpx.Response, url: str, n: int, offset: int,
-                 attempt: int) -> Batch | float:
+                 attempt: int, encoding: str) -> Batch | float:
         """The vectors of a 200; the seconds to wait before retrying; or raise the typed error."""
         if response.status_code == 200:
             return Batch(decode_vectors(response.content, n, url), tokens_of(response.headers))
         text = response.text
+        if response.status_code == 400 and encoding != "float" and "encoding_format" in text:
+            # A server that predates encoding_format: JSON numbers from now on, this request sent again.
+            self.encoding = "float"
+            return 0.0
         if is_retryable_status(response.status_code, text) and attempt < self.retry.max_retries:
             self._count_retry()
             if response.status_code in (503, 507):
@@ -262,9 +263,10 @@ class InstructorClient(_ClientBase):
 
         ``offset`` is the position of the first pair in the caller's input, for errors' ``index``.
         """
-        body = self._body(encoded)
         attempt, first = 0, self.endpoints.first()
         while True:
+            encoding = self.encoding  # per attempt: it may have fallen back to "float"
+            body = request_body(encoded, self.truncate, encoding)
             url, headers = self.endpoints.pick(first, attempt)
             sent = time.monotonic()
             try:
@@ -272,7 +274,7 @@ class InstructorClient(_ClientBase):
             except httpx.TransportError as exc:
                 time.sleep(self._transport_failure(exc, url, attempt))
             else:
-                outcome = self._outcome(response, url, len(encoded), offset, attempt)
+                outcome = self._outcome(response, url, len(encoded), offset, attempt, encoding)
                 if not isinstance(outcome, float):
                     return dataclasses.replace(outcome, seconds=time.monotonic() - sent)
                 time.sleep(outcome)
@@ -338,9 +340,10 @@ class AsyncInstructorClient(_ClientBase):
 
     async def embed_request(self, encoded: Sequence[bytes], offset: int = 0) -> Batch:
         """ONE request of already encoded pairs, with retries (see InstructorClient.embed_request)."""
-        body = self._body(encoded)
         attempt, first = 0, self.endpoints.first()
         while True:
+            encoding = self.encoding  # per attempt: it may have fallen back to "float"
+            body = request_body(encoded, self.truncate, encoding)
             url, headers = self.endpoints.pick(first, attempt)
             sent = time.monotonic()
             try:
@@ -348,7 +351,7 @@ class AsyncInstructorClient(_ClientBase):
             except httpx.TransportError as exc:
                 await asyncio.sleep(self._transport_failure(exc, url, attempt))
             else:
-                outcome = self._outcome(response, url, len(encoded), offset, attempt)
+                outcome = self._outcome(response, url, len(encoded), offset, attempt, encoding)
                 if not isinstance(outcome, float):
                     return dataclasses.replace(outcome, seconds=time.monotonic() - sent)
                 await asyncio.sleep(outcome)
