@@ -4,6 +4,7 @@ against TorchServe). Each test is a case that once crashed, wedged the run, lost
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import subprocess
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks.stand_in_server import Behaviour, basis, stand_in_server, vector_of
-from instructor_client import InstructorClient
+from instructor_client import AsyncInstructorClient, InstructorClient
 
 CLI = str(Path(sys.executable).parent / "instructor-embed")
 INSTRUCTION = "Represent the document:"
@@ -263,3 +264,21 @@ def test_a_server_that_predates_encoding_format_gets_json_numbers_instead(tmp_pa
     np.testing.assert_array_equal(np.asarray(vectors, dtype=np.float32), expected(data))
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected(data))
+
+
+def test_the_client_splits_a_request_refused_as_too_large_as_a_whole():
+    data = records(300)
+    pairs = [(str(r["instruction"]), str(r["text"])) for r in data]
+
+    async def embed_async(url: str) -> list[list[float]]:
+        async with AsyncInstructorClient(url, "m") as client:
+            return await client.embed(pairs)
+
+    with stand_in_server(Behaviour(max_request_pairs=30)) as url:
+        with InstructorClient(url, "m") as client:
+            one_request = client.embed(pairs[:200], batch_size=200)  # the single-request path too
+            several = client.embed(pairs)
+        from_async = asyncio.run(embed_async(url))
+    np.testing.assert_array_equal(np.asarray(one_request, dtype=np.float32), expected(data[:200]))
+    for got in (several, from_async):
+        np.testing.assert_array_equal(np.asarray(got, dtype=np.float32), expected(data))

@@ -2,10 +2,12 @@
 
 Both split the caller's pairs into requests under the server's limits (up to 256 pairs each), keep
 requests in flight (``concurrency="auto"``: grown while throughput grows, halved on 503; see
-``concurrency.py``), retry what a retry can cure (see ``retry.py``), and read the vectors as base64
-float32 decoded by numpy (see ``transport.py``). ``embed`` returns plain lists of floats in input order
-(``numpy.asarray(vectors, dtype=numpy.float32)`` gives back the server's float32 exactly) with the
-token count the server reported in ``.tokens``; ``embed_array`` returns the float32 matrix itself.
+``concurrency.py``), retry what a retry can cure (see ``retry.py``), send again in halves a request the
+server refuses as too large as a whole (413 naming no pair: its per-request token budget), and read the
+vectors as base64 float32 decoded by numpy (see ``transport.py``). ``embed`` returns plain lists of
+floats in input order (``numpy.asarray(vectors, dtype=numpy.float32)`` gives back the server's float32
+exactly) with the token count the server reported in ``.tokens``; ``embed_array`` returns the float32
+matrix itself.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from instructor_client.batching import (
     plan_requests,
 )
 from instructor_client.concurrency import AUTO, Limit, make_limit
-from instructor_client.errors import ConnectionFailedError, error_for_status
+from instructor_client.errors import ConnectionFailedError, PayloadTooLargeError, error_for_status
 from instructor_client.progress import progress_bar
 from instructor_client.retry import RetryPolicy, is_retryable_status, parse_retry_after
 from instructor_client.transport import (
@@ -234,21 +236,28 @@ class InstructorClient(_ClientBase):
         limit = self._call_limit(concurrency)
         encoded, ranges = self._plan(pairs, batch_size, limit)
         if len(ranges) == 1 and not progress:
-            return self.embed_request(encoded)  # one request (a query): no thread pool on the latency path
+            try:  # one request (a query): no thread pool on the latency path
+                return self.embed_request(encoded)
+            except PayloadTooLargeError as error:
+                ranges = _halves(error, 0, len(encoded))
         parts: dict[int, np.ndarray] = {}
         tally = TokenTally()
         queue = list(reversed(ranges))
         with progress_bar(len(encoded), progress) as bar, ThreadPoolExecutor(limit.maximum) as pool:
-            in_flight: dict[Future[Batch], int] = {}
+            in_flight: dict[Future[Batch], tuple[int, int]] = {}
             try:
                 while queue or in_flight:
                     while queue and len(in_flight) < limit.limit:
                         start, end = queue.pop()
-                        in_flight[pool.submit(self.embed_request, encoded[start:end], start)] = start
+                        in_flight[pool.submit(self.embed_request, encoded[start:end], start)] = (start, end)
                     done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                     for future in done:
-                        start = in_flight.pop(future)
-                        result = future.result()  # raises the request's error: the rest is cancelled below
+                        start, end = in_flight.pop(future)
+                        try:
+                            result = future.result()  # raises the request's error: the rest is cancelled below
+                        except PayloadTooLargeError as error:
+                            queue.extend(reversed(_halves(error, start, end)))
+                            continue
                         parts[start] = result.vectors
                         tally.add(result.tokens)
                         limit.completed(len(result.vectors), result.seconds)
@@ -318,17 +327,22 @@ class AsyncInstructorClient(_ClientBase):
         parts: dict[int, np.ndarray] = {}
         tally = TokenTally()
         queue = list(reversed(ranges))
-        in_flight: dict[asyncio.Future[Batch], int] = {}
+        in_flight: dict[asyncio.Future[Batch], tuple[int, int]] = {}
         with progress_bar(len(encoded), progress) as bar:
             try:
                 while queue or in_flight:
                     while queue and len(in_flight) < limit.limit:
                         start, end = queue.pop()
-                        in_flight[asyncio.ensure_future(self.embed_request(encoded[start:end], start))] = start
+                        task = asyncio.ensure_future(self.embed_request(encoded[start:end], start))
+                        in_flight[task] = (start, end)
                     done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     for task in done:
-                        start = in_flight.pop(task)
-                        result = task.result()
+                        start, end = in_flight.pop(task)
+                        try:
+                            result = task.result()
+                        except PayloadTooLargeError as error:
+                            queue.extend(reversed(_halves(error, start, end)))
+                            continue
                         parts[start] = result.vectors
                         tally.add(result.tokens)
                         limit.completed(len(result.vectors), result.seconds)
@@ -356,6 +370,15 @@ class AsyncInstructorClient(_ClientBase):
                     return dataclasses.replace(outcome, seconds=time.monotonic() - sent)
                 await asyncio.sleep(outcome)
             attempt += 1
+
+
+def _halves(error: PayloadTooLargeError, start: int, end: int) -> list[tuple[int, int]]:
+    """The two halves of a request the server refused as too large as a whole (413 naming no pair: its
+    per-request token budget, a body over its size limit); re-raises a 413 about one pair."""
+    if error.index is not None or end - start < 2:
+        raise error
+    middle = (start + end) // 2
+    return [(start, middle), (middle, end)]
 
 
 def _joined(parts: dict[int, np.ndarray], tally: TokenTally) -> Batch:
