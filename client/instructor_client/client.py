@@ -125,7 +125,8 @@ class _ClientBase:
         self.concurrency = concurrency
         # Shared by every call: what the adaptive limit learnt about the server carries over.
         # It never grows while requests take over a quarter of the timeout: a slow server is not pushed to it.
-        self.limit: Limit = make_limit(concurrency, max_latency=timeout / 4)
+        self.endpoints = _Endpoints(url, model, token, key_file)
+        self.limit: Limit = make_limit(concurrency, max_latency=timeout / 4, servers=len(self.endpoints.targets))
         if encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}; got {encoding!r}")
         self.encoding = encoding
@@ -133,7 +134,6 @@ class _ClientBase:
         self.max_request_bytes = max_request_bytes
         self.timeout = timeout
         self.retry = RetryPolicy(max_retries=max_retries)
-        self.endpoints = _Endpoints(url, model, token, key_file)
         self.retries = 0  # retries made so far (all requests): a sign of an overloaded server
         self._count_lock = threading.Lock()
 
@@ -150,7 +150,9 @@ class _ClientBase:
         return encoded, plan_requests(encoded, size, self.max_request_bytes)
 
     def _call_limit(self, concurrency: int | str | None) -> Limit:
-        return self.limit if concurrency is None else make_limit(concurrency, max_latency=self.timeout / 4)
+        if concurrency is None:
+            return self.limit
+        return make_limit(concurrency, max_latency=self.timeout / 4, servers=len(self.endpoints.targets))
 
     def _outcome(self, response: httpx.Response, url: str, n: int, offset: int,
                  attempt: int, encoding: str) -> Batch | float:

@@ -20,7 +20,9 @@ from collections.abc import Callable
 
 AUTO = "auto"
 START = 4
-MAXIMUM = 64
+# Per server: 32 requests of 256 pairs keep ~8,000 pairs queued on a GPU server (over a second of its work)
+# and cost ~100-300 MB of client memory at the peak (each request's body, JSON and matrix, 384-768 floats).
+MAXIMUM_PER_SERVER = 32
 GAIN = 1.05  # a window must be this much faster than the best one below it for the limit to grow again
 FAST_GAIN = 1.3  # ... and this much faster for it to double (far from the plateau: get there in few windows)
 
@@ -42,7 +44,7 @@ class FixedLimit:
 class AdaptiveLimit:
     """The limit of requests in flight, between ``minimum`` and ``maximum`` (see the module docstring)."""
 
-    def __init__(self, start: int = START, maximum: int = MAXIMUM, minimum: int = 1,
+    def __init__(self, start: int = START, maximum: int = MAXIMUM_PER_SERVER, minimum: int = 1,
                  clock: Callable[[], float] = time.monotonic, max_latency: float | None = None) -> None:
         self.minimum, self.maximum = minimum, max(minimum, maximum)
         self.max_latency = max_latency
@@ -100,10 +102,11 @@ class AdaptiveLimit:
 Limit = FixedLimit | AdaptiveLimit
 
 
-def make_limit(concurrency: int | str, max_latency: float | None = None) -> Limit:
-    """``"auto"`` -> AdaptiveLimit; an int >= 1 -> FixedLimit; ValueError otherwise."""
+def make_limit(concurrency: int | str, max_latency: float | None = None, servers: int = 1) -> Limit:
+    """``"auto"`` -> AdaptiveLimit (up to MAXIMUM_PER_SERVER per server); an int >= 1 -> FixedLimit;
+    ValueError otherwise."""
     if concurrency == AUTO:
-        return AdaptiveLimit(max_latency=max_latency)
+        return AdaptiveLimit(maximum=MAXIMUM_PER_SERVER * max(1, servers), max_latency=max_latency)
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"concurrency must be 'auto' or an integer >= 1; got {concurrency!r}")
     return FixedLimit(concurrency)

@@ -55,14 +55,7 @@ def decode_vectors(content: bytes, n: int, url: str) -> np.ndarray:
     if n == 0:
         return np.zeros((0, 0), dtype=np.float32)
     if all(isinstance(item, str) for item in body):
-        try:
-            raw = [base64.b64decode(item, validate=True) for item in body]
-        except (binascii.Error, ValueError):
-            raise ResponseFormatError(f"{url} answered 200 with a vector that is not base64") from None
-        width = len(raw[0])
-        if width == 0 or width % 4 or any(len(item) != width for item in raw):
-            raise ResponseFormatError(f"{url} answered 200 with base64 vectors of unequal or odd byte lengths")
-        return np.frombuffer(b"".join(raw), dtype="<f4").reshape(n, width // 4).astype(np.float32, copy=False)
+        return _from_base64(body, url)
     try:
         matrix = np.asarray(body, dtype=np.float32)
     except (TypeError, ValueError):
@@ -70,6 +63,24 @@ def decode_vectors(content: bytes, n: int, url: str) -> np.ndarray:
     if matrix.ndim != 2:
         raise ResponseFormatError(f"{url} answered 200 with vectors of unequal lengths")
     return matrix
+
+
+def _from_base64(items: list[str], url: str) -> np.ndarray:
+    # Each vector is decoded straight into its row of the result: no list of decoded rows, no joined copy
+    # (at 64 requests in flight of 256 x 768 floats, every copy per request is ~50 MB of peak memory).
+    width = len(items[0]) // 4 * 3 - items[0][-2:].count("=")
+    if width == 0 or width % 4:
+        raise ResponseFormatError(f"{url} answered 200 with base64 vectors of {width} bytes (not float32)")
+    matrix = np.empty((len(items), width // 4), dtype="<f4")
+    for row, item in enumerate(items):
+        try:
+            raw = base64.b64decode(item, validate=True)
+        except (binascii.Error, ValueError):
+            raise ResponseFormatError(f"{url} answered 200 with a vector that is not base64") from None
+        if len(raw) != width:
+            raise ResponseFormatError(f"{url} answered 200 with base64 vectors of unequal byte lengths")
+        matrix[row] = np.frombuffer(raw, dtype="<f4")
+    return matrix.astype(np.float32, copy=False)
 
 
 def tokens_of(headers: Mapping[str, str]) -> int | None:

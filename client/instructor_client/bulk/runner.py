@@ -18,6 +18,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from instructor_client.bulk.sizing import RequestSize
 from instructor_client.client import InstructorClient
 from instructor_client.concurrency import Limit
@@ -34,6 +36,7 @@ from instructor_client.transport import Batch, TokenTally
 # Refusals that are about a pair the request carried: isolate the row, keep the others going.
 ROW_ERRORS = (InvalidInputError, PayloadTooLargeError, InputTooLongError, NothingToEmbedError)
 MAX_KEPT = 20  # failures kept in memory for the summary; the failures file has them all
+_NO_VECTORS = np.zeros((0, 0), dtype=np.float32)
 
 
 @dataclass
@@ -86,7 +89,9 @@ def embed_jobs(client: InstructorClient, jobs: Iterator[Job], limit: Limit, size
     def send(job: Job) -> Batch:
         batch = client.embed_request(job.encoded, job.start)
         store(job, batch)
-        return batch
+        # The vectors are on disk now: the finished future must not keep them (up to 2 x limit futures
+        # can be finished at once, and each holds its result until the next wait).
+        return Batch(_NO_VECTORS, batch.tokens, batch.seconds)
 
     retry: deque[Job] = deque()  # pieces of refused requests: sent before new jobs
     in_flight: dict[Future[Batch], Job] = {}
