@@ -11,6 +11,8 @@ body (``inputs`` as pairs, ``truncate``, ``encoding_format`` float | base64) and
 - 413 naming no pair for a request of more than ``max_request_pairs`` pairs (the handler's per-request
   token budget), if set;
 - 503 when more than ``--capacity`` requests are in flight (TorchServe's full queue), if set;
+- the handler's 503 "Overloaded" (its dynamic batch is full: retry at once) to the first ``batch_full``
+  requests, if set;
 - 500 to every request after the first ``fail_after`` (a handler bug: the client stops), if set;
 - 400 to a body with ``encoding_format`` when ``knows_encoding_format`` is off (an older server);
 - each answer after ``latency`` seconds (a model's compute time), so that requests overlap.
@@ -47,6 +49,7 @@ class Behaviour:
     seed: int = 0
     fail_after: int | None = None  # requests answered before every later one gets a 500
     max_request_pairs: int | None = None  # more pairs in one request: 413 naming no pair
+    batch_full: int = 0  # answer the first N requests with the handler's 503 "Overloaded" (batch full)
     knows_encoding_format: bool = True  # False: a server that predates the field answers 400 to it
     latency: float = 0.0  # seconds each answer takes (a model's compute time), for requests to overlap
     counters: dict[str, int] = field(default_factory=lambda: {"requests": 0, "pairs": 0, "413": 0, "503": 0,
@@ -78,12 +81,16 @@ def make_handler(behaviour: Behaviour) -> type[BaseHTTPRequestHandler]:
                 busy = behaviour.capacity is not None and state["in_flight"] > behaviour.capacity
                 counters = behaviour.counters
                 broken = behaviour.fail_after is not None and counters["requests"] >= behaviour.fail_after
+                full = counters["requests"] < behaviour.batch_full
                 counters["requests"] += 1
                 counters["max_in_flight"] = max(counters["max_in_flight"], state["in_flight"])
                 counters["503"] += busy
             try:
                 if broken:
                     self._answer(500, {"code": 500, "type": "InternalError", "message": "stand-in failure"})
+                elif full:
+                    self._answer(503, {"code": 503, "type": "Overloaded", "message": "the server is busy: this "
+                                       "batch already carries its tokens; retry the request"})
                 elif busy:
                     self._answer(503, {"code": 503, "type": "ServiceUnavailableException",
                                        "message": "Model is overloaded, please try again later."})

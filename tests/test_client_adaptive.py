@@ -70,6 +70,16 @@ def test_requests_near_the_timeout_stop_the_growth_and_far_past_it_shrink_the_li
     assert limit.limit == 12
 
 
+def test_full_batches_on_the_server_stop_the_growth_without_halving():
+    clock = Clock()
+    limit = AdaptiveLimit(start=8, maximum=64, clock=clock)
+    limit.saturated()
+    run_window(limit, clock, 5000)  # faster, but the server said its batches are full: no growth
+    assert limit.limit == 8
+    run_window(limit, clock, 10000)  # a window without it grows again
+    assert limit.limit == 16
+
+
 def test_the_limit_never_passes_its_maximum_and_a_fixed_one_never_moves():
     clock = Clock()
     limit = AdaptiveLimit(start=4, maximum=10, clock=clock)

@@ -282,3 +282,14 @@ def test_the_client_splits_a_request_refused_as_too_large_as_a_whole():
     np.testing.assert_array_equal(np.asarray(one_request, dtype=np.float32), expected(data[:200]))
     for got in (several, from_async):
         np.testing.assert_array_equal(np.asarray(got, dtype=np.float32), expected(data))
+
+
+def test_a_full_batch_is_retried_soon_without_spending_retries_or_halving_the_requests_in_flight():
+    data = records(400)
+    pairs = [(str(r["instruction"]), str(r["text"])) for r in data]
+    behaviour = Behaviour(batch_full=12)  # 12 x "this batch already carries its tokens; retry"
+    with stand_in_server(behaviour) as url, InstructorClient(url, "m", max_retries=1) as client:
+        vectors = client.embed(pairs, batch_size=16)
+        assert client.limit.limit >= 4  # the start: a full batch is a busy server, not an overloaded one
+    np.testing.assert_array_equal(np.asarray(vectors, dtype=np.float32), expected(data))
+    assert behaviour.counters["requests"] == 12 + 25 and client.retries == 0

@@ -64,6 +64,15 @@ Vector = list[float]
 PathLike = str | os.PathLike[str]
 
 
+# Retries of the handler's 503 "Overloaded" (the dynamic batch is full: retry at once) do not count against
+# max_retries: under a steady bulk load a request may meet a full batch several times, and that is no failure.
+MAX_BATCH_FULL_RETRIES = 50
+
+
+class _Soon(float):
+    """A retry delay after the handler's batch-full 503, not counted as an attempt."""
+
+
 class Embeddings(list):  # type: ignore[type-arg]
     """The vectors (lists of floats, input order); ``tokens``: what the server embedded, None if not reported."""
 
@@ -155,7 +164,7 @@ class _ClientBase:
         return make_limit(concurrency, max_latency=self.timeout / 4, servers=len(self.endpoints.targets))
 
     def _outcome(self, response: httpx.Response, url: str, n: int, offset: int,
-                 attempt: int, encoding: str) -> Batch | float:
+                 attempt: int, busy: int, encoding: str) -> Batch | float:
         """The vectors of a 200; the seconds to wait before retrying; or raise the typed error."""
         if response.status_code == 200:
             return Batch(decode_vectors(response.content, n, url), tokens_of(response.headers))
@@ -164,6 +173,9 @@ class _ClientBase:
             # A server that predates encoding_format: JSON numbers from now on, this request sent again.
             self.encoding = "float"
             return 0.0
+        if response.status_code == 503 and _error_type(response) == "Overloaded" and busy < MAX_BATCH_FULL_RETRIES:
+            self.limit.saturated()  # the server has more queued than a batch takes: it is busy, not drowning
+            return _Soon(self.retry.delay(0) / 10)
         if is_retryable_status(response.status_code, text) and attempt < self.retry.max_retries:
             self._count_retry()
             if response.status_code in (503, 507):
@@ -274,7 +286,7 @@ class InstructorClient(_ClientBase):
 
         ``offset`` is the position of the first pair in the caller's input, for errors' ``index``.
         """
-        attempt, first = 0, self.endpoints.first()
+        attempt, busy, first = 0, 0, self.endpoints.first()
         while True:
             encoding = self.encoding  # per attempt: it may have fallen back to "float"
             body = request_body(encoded, self.truncate, encoding)
@@ -285,10 +297,13 @@ class InstructorClient(_ClientBase):
             except httpx.TransportError as exc:
                 time.sleep(self._transport_failure(exc, url, attempt))
             else:
-                outcome = self._outcome(response, url, len(encoded), offset, attempt, encoding)
+                outcome = self._outcome(response, url, len(encoded), offset, attempt, busy, encoding)
                 if not isinstance(outcome, float):
                     return dataclasses.replace(outcome, seconds=time.monotonic() - sent)
                 time.sleep(outcome)
+                if isinstance(outcome, _Soon):
+                    busy += 1
+                    continue
             attempt += 1
 
 
@@ -356,7 +371,7 @@ class AsyncInstructorClient(_ClientBase):
 
     async def embed_request(self, encoded: Sequence[bytes], offset: int = 0) -> Batch:
         """ONE request of already encoded pairs, with retries (see InstructorClient.embed_request)."""
-        attempt, first = 0, self.endpoints.first()
+        attempt, busy, first = 0, 0, self.endpoints.first()
         while True:
             encoding = self.encoding  # per attempt: it may have fallen back to "float"
             body = request_body(encoded, self.truncate, encoding)
@@ -367,10 +382,13 @@ class AsyncInstructorClient(_ClientBase):
             except httpx.TransportError as exc:
                 await asyncio.sleep(self._transport_failure(exc, url, attempt))
             else:
-                outcome = self._outcome(response, url, len(encoded), offset, attempt, encoding)
+                outcome = self._outcome(response, url, len(encoded), offset, attempt, busy, encoding)
                 if not isinstance(outcome, float):
                     return dataclasses.replace(outcome, seconds=time.monotonic() - sent)
                 await asyncio.sleep(outcome)
+                if isinstance(outcome, _Soon):
+                    busy += 1
+                    continue
             attempt += 1
 
 
@@ -389,6 +407,11 @@ def _joined(parts: dict[int, np.ndarray], tally: TokenTally) -> Batch:
     if not ordered:
         return Batch(np.zeros((0, 0), dtype=np.float32), tally.total)
     return Batch(np.concatenate(ordered) if len(ordered) > 1 else ordered[0], tally.total)
+
+
+def _error_type(response: httpx.Response) -> str | None:
+    body = _json_or_text(response)
+    return str(body.get("type")) if isinstance(body, dict) else None
 
 
 def _json_or_text(response: httpx.Response) -> Any:

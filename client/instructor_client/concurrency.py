@@ -9,6 +9,9 @@ queue is full, the worker died, a request timed out) halves it at once, AIMD-sty
 again from there. A slow server is not pushed towards the client's timeout: the limit does not grow while a
 window's slowest request took more than ``max_latency`` (a quarter of the timeout), and shrinks by a
 quarter when it took more than twice that (requests then wait in the server's queue, not on its model).
+The handler's own 503 "Overloaded" (this dynamic batch already carries its token budget: retry at once)
+means the server has more work queued than one batch takes, i.e. it is saturated, not drowning: the window
+counts as one without gain (no growth), and the limit is not halved.
 ``FixedLimit`` is the same interface for a number the caller chose.
 """
 
@@ -40,6 +43,9 @@ class FixedLimit:
     def overloaded(self) -> None:
         pass
 
+    def saturated(self) -> None:
+        pass
+
 
 class AdaptiveLimit:
     """The limit of requests in flight, between ``minimum`` and ``maximum`` (see the module docstring)."""
@@ -61,6 +67,12 @@ class AdaptiveLimit:
         self._window_requests = 0
         self._window_pairs = 0
         self._window_slowest = 0.0
+        self._window_saturated = False
+
+    def saturated(self) -> None:
+        """The server's batches are full (its 503 "Overloaded"): more in flight brings nothing now."""
+        with self._lock:
+            self._window_saturated = True
 
     def completed(self, pairs: int, seconds: float = 0.0) -> None:
         """A request of ``pairs`` pairs finished in ``seconds``; may move the limit at the end of a window."""
@@ -78,7 +90,7 @@ class AdaptiveLimit:
                 self.limit = max(self.minimum, self.limit - max(1, self.limit // 4))
             elif slow or self._plateau or self.limit >= self.maximum:
                 pass
-            elif rate > self._best_below * GAIN:
+            elif rate > self._best_below * GAIN and not self._window_saturated:
                 step = self.limit if rate > self._best_below * FAST_GAIN else max(1, self.limit // 4)
                 self._best_below = max(self._best_below, rate)
                 self._misses = 0
