@@ -69,7 +69,8 @@ def read_parquet(path: Path) -> tuple[list[int], list[object], np.ndarray]:
 
 def test_help_lists_every_option_with_its_default():
     out = subprocess.run([CLI, "--help"], capture_output=True, text=True, check=True).stdout
-    for text in ("--resume", "--strict", "--concurrency", "(default: 64)", "(default: demo)", ".parquet", ".npy"):
+    for text in ("--resume", "--strict", "--concurrency", "(default: 256)", "(default: auto)", "failures.jsonl",
+                 "(default: demo)", ".parquet", ".npy"):
         assert text in out
 
 
@@ -81,7 +82,7 @@ def test_jsonl_to_parquet_keeps_input_order_and_ids_and_skips_bad_rows_by_line(s
     source = write_jsonl(tmp_path / "in.jsonl", records)
     proc = embed_cli(server, "--input", str(source), "--output", str(tmp_path / "out.parquet"),
                      "--batch-size", "16", "--concurrency", "3")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 3, proc.stderr  # rows were not embedded: said by the exit status too
     for expected in ("line 11: missing field 'text'", "line 52: empty text", "line 53: not valid JSON",
                      "line 124: missing field 'instruction'", "4 bad row(s) skipped", "embedded  120 pairs"):
         assert expected in proc.stderr, proc.stderr
@@ -124,7 +125,7 @@ def test_csv_parquet_and_text_inputs_to_npy_and_jsonl_outputs(server, tmp_path):
     (tmp_path / "in.txt").write_text("\n".join([*texts[:7], "", *texts[7:]]) + "\n", encoding="utf-8")
     proc = embed_cli(server, "--input", str(tmp_path / "in.txt"), "--instruction", INSTRUCTIONS[0],
                      "--output", str(tmp_path / "text.parquet"))
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     assert "line 8: empty text" in proc.stderr
     lines, ids, vectors = read_parquet(tmp_path / "text.parquet")
     assert lines == [*range(1, 8), *range(9, 22)] and ids == [None] * 20
@@ -136,12 +137,33 @@ def test_a_row_the_server_refuses_is_listed_and_the_others_are_written(server, t
     data[33]["text"] = "y" * 20001  # over max_chars_per_text: the server answers 413 for its request
     source = write_jsonl(tmp_path / "in.jsonl", data)
     proc = embed_cli(server, "--input", str(source), "--output", str(tmp_path / "out.parquet"), "--batch-size", "16")
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     assert "failed    1 row(s)" in proc.stderr
     assert "line 34 (id 'doc-33'): 413 PayloadTooLarge" in proc.stderr, proc.stderr
     lines, ids, vectors = read_parquet(tmp_path / "out.parquet")
     kept = [r for i, r in enumerate(data) if i != 33]
     assert ids == [r["id"] for r in kept] and 34 not in lines
+    assert_same(vectors, served(server, [(r["instruction"], r["text"]) for r in kept]))
+
+
+def test_a_pair_with_nothing_to_embed_is_recorded_and_does_not_wedge_the_run_or_its_resume(server, tmp_path,
+                                                                                         reference_fixture):
+    data = rows(200)
+    bad = reference_fixture["cases"]["rejected_pairs"][0]  # the instruction covers the whole joined text
+    data[77] = {"id": "nothing", "instruction": bad["instruction"], "text": bad["text"]}
+    source = write_jsonl(tmp_path / "in.jsonl", data)
+    output = tmp_path / "out.parquet"
+    for extra in ([], ["--resume"]):  # the resume retries the row, records it again, and ends as well
+        proc = embed_cli(server, "--input", str(source), "--output", str(output), *extra)
+        assert proc.returncode == 3, proc.stderr
+        assert "line 78 (id 'nothing'): 422 NothingToEmbed" in proc.stderr
+        failures = [json.loads(x) for x in (tmp_path / "out.parquet.failures.jsonl").read_text().splitlines()]
+        got = [(f["line"], f["id"], f["status"], f["type"]) for f in failures]
+        assert got == [(78, "nothing", 422, "NothingToEmbed")]
+        lines, ids, vectors = read_parquet(output)
+        kept = [r for i, r in enumerate(data) if i != 77]
+        assert ids == [r["id"] for r in kept] and 78 not in lines
+    assert "embedded  1" not in proc.stderr and "199 stored by an earlier run" in proc.stderr
     assert_same(vectors, served(server, [(r["instruction"], r["text"]) for r in kept]))
 
 

@@ -4,11 +4,13 @@
 
     with InstructorClient("http://127.0.0.1:8080", model="demo", key_file="key_file.json") as client:
         vectors = client.embed([("Represent the Science title:", "3D ActionSLAM ...")])
+        vectors.tokens                      # tokens the server embedded (None if it does not report them)
+        matrix = client.embed_array(pairs).vectors   # float32 numpy matrix, for bulk work
 """
 
 from instructor_client.auth import TOKEN_ENV, read_inference_key, resolve_token
 from instructor_client.batching import MAX_PAIRS_PER_REQUEST
-from instructor_client.client import AsyncInstructorClient, InstructorClient
+from instructor_client.client import AsyncInstructorClient, Embeddings, InstructorClient
 from instructor_client.errors import (
     APIError,
     AuthenticationError,
@@ -23,6 +25,7 @@ from instructor_client.errors import (
     ServerError,
     ServiceUnavailableError,
 )
+from instructor_client.transport import Batch
 
 # The defaults of LangChain's HuggingFaceInstructEmbeddings (langchain_community.embeddings.huggingface), which
 # llama-index-embeddings-instructor also applies to hkunlp/instructor-* model names.
@@ -39,7 +42,9 @@ __all__ = [
     "APIError",
     "AsyncInstructorClient",
     "AuthenticationError",
+    "Batch",
     "ConnectionFailedError",
+    "Embeddings",
     "InputTooLongError",
     "InstructorClient",
     "InstructorServeError",

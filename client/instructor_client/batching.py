@@ -63,9 +63,3 @@ def plan_requests(encoded: Sequence[bytes], batch_size: int,
     if start < len(encoded):
         ranges.append((start, len(encoded)))
     return ranges
-
-
-def request_body(encoded: Sequence[bytes], truncate: bool = True) -> bytes:
-    """The request body ``{"inputs": [[i, t], ...]}`` (the batch form: always a list of vectors back)."""
-    tail = b"}" if truncate else b', "truncate": false}'
-    return b'{"inputs": [' + b", ".join(encoded) + b"]" + tail
