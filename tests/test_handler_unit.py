@@ -108,16 +108,16 @@ def test_limits_answer_413_and_untruncatable_input_422(served):
 
 def test_unexpected_failure_is_a_500_for_that_request_only(served, monkeypatch):
     handler, _ = served
-    real_embed = handler.encoder.embed
+    real_launch = handler.encoder.launch
 
     poison_ids = handler.encoder.tokenize([("", "poison pill one two")])[0].input_ids
 
-    def embed_failing_on_poison(items):
+    def launch_failing_on_poison(items):
         if any(item.input_ids == poison_ids for item in items):
             raise RuntimeError("simulated kernel failure")
-        return real_embed(items)
+        return real_launch(items)
 
-    monkeypatch.setattr(handler.encoder, "embed", embed_failing_on_poison)
+    monkeypatch.setattr(handler.encoder, "launch", launch_failing_on_poison)
     poison = {"inputs": ["", "poison pill one two"]}
     results = run(served, [{"inputs": SCIENCE}, poison])
     assert results[0][0] == 200
@@ -160,6 +160,7 @@ def test_initialize_loads_the_model_on_the_assigned_gpu(tmp_path, monkeypatch):
 
     class RecordingEncoder:
         max_seq_length = 512
+        dimension = 768
 
         def __init__(self, model_dir, settings, device):
             seen.update(model_dir=model_dir, device=device, precision=settings.precision.value)
