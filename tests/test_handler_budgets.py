@@ -159,7 +159,7 @@ def test_a_slow_start_never_refuses_the_largest_valid_request(tmp_path, tiny_mod
 def test_budgets_are_measured_again_when_they_refuse_and_never_shrink(default_handler, monkeypatch):
     """A budget that made the batch refuse requests is measured again (at most every 10 minutes); a new
     measurement, which a busy moment can only make lower, never lowers it."""
-    handler, context = default_handler
+    handler, _ = default_handler
     keeper = handler.worker.budgets
     before = keeper.budgets
     calls = []
@@ -172,3 +172,26 @@ def test_budgets_are_measured_again_when_they_refuse_and_never_shrink(default_ha
     assert calls == []  # nothing refused: nothing to measure
     keeper.after_refusals(refused=True)
     assert calls == ["chars", "tokens"] and keeper.budgets == before  # measured again, lower: kept
+
+
+def test_instructions_evicted_from_the_length_cache_mid_batch_never_fail_a_request(default_handler, monkeypatch):
+    """A batch bringing new instructions clears a full instruction-length cache; instructions cached before
+    and used in the same batch must still be found (it used to be a KeyError: a 500, or the whole batch
+    tokenized again request by request)."""
+    from handler import dynamic_batch
+    from handler import encoder as encoder_module
+
+    handler, context = default_handler
+    monkeypatch.setattr(encoder_module, "_INSTRUCTION_CACHE_SIZE", 4)
+    monkeypatch.setattr(handler.encoder, "_instruction_lengths", {})
+    known = [[f"Represent the topic {i}:", "a cached instruction"] for i in range(3)]
+    new = [[f"Represent the new area {i}:", "an instruction never seen"] for i in range(4)]
+    assert [status for status, _ in run(handler, context, [{"inputs": known}])] == [200]
+    tokenize_alone = []
+    monkeypatch.setattr(dynamic_batch.log, "exception", lambda *args, **kwargs: tokenize_alone.append(args))
+    mixed = [known[0], *new]
+    results = run(handler, context, [{"inputs": mixed}, {"inputs": known[1]}])
+    assert [status for status, _ in results] == [200, 200] and tokenize_alone == []
+    monkeypatch.setattr(handler.encoder, "_instruction_lengths", {})
+    expected = handler.encoder.encode([tuple(p) for p in mixed]).vectors
+    np.testing.assert_allclose(np.array(results[0][1]), expected, atol=1e-6)
