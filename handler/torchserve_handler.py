@@ -102,7 +102,7 @@ class InstructorHandler(BaseHandler):
         return self.worker.settings
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
-        if _is_describe(context):
+        if _is_describe(data, context):
             context.set_response_content_type(0, JSON)
             return [orjson.dumps(self.describe_handle())]
         batch = DynamicBatch(self.worker, data, context)
@@ -139,7 +139,11 @@ class InstructorHandler(BaseHandler):
         }
 
 
-def _is_describe(context: Any) -> bool:
+def _is_describe(data: list[dict[str, Any]], context: Any) -> bool:
+    """TorchServe's describe request: alone, without a body, with the header ``describe: True``. A prediction
+    that carries that header has a body and is served as a prediction."""
+    if len(data) != 1 or request_body(data[0]) is not None:
+        return False
     try:
         return context.get_request_header(0, "describe") == "True"
     except Exception:  # a context without request processors

@@ -285,8 +285,13 @@ def test_customized_describe_answers_the_model_facts_not_a_400(served):
     handler, context = served
     set_batch(context, 1)
     with_headers(context, [{"describe": "True"}])
-    [raw] = handler.handle([{"body": b""}], context)
+    [raw] = handler.handle([{}], context)  # no body: the worker's row of a request without parameters
     assert context.get_response_status(0)[0] == 200
     described = orjson.loads(raw)
     assert described["dimension"] == handler.encoder.dimension
     assert described["max_pairs_per_request"] == 8 and described["batch_budgets"]["tokens"] >= 8
+    # A prediction that carries the header is still a prediction.
+    set_batch(context, 1)
+    with_headers(context, [{"describe": "True"}])
+    [raw] = handler.handle([{"body": orjson.dumps({"inputs": SCIENCE})}], context)
+    np.testing.assert_allclose(orjson.loads(raw), reference(served, [SCIENCE])[0], atol=1e-6)
