@@ -78,15 +78,27 @@ class BudgetKeeper:
     def measure(self) -> Budgets:
         """Measure the budgets that are not configured; a new measurement never lowers one."""
         if self._measured:
-            chars = self._settings.max_batch_request_chars or max(
-                self._floor_chars, self.budgets.chars, self._measured_chars())
-            tokens = self._settings.max_batch_request_tokens or max(
-                self._floor_tokens, self.budgets.tokens, self._measured_tokens())
+            chars, tokens = self.budgets.chars, self.budgets.tokens
+            if self._settings.max_batch_request_chars is None:
+                chars = max(self._floor_chars, chars, self._checked(self._measured_chars(), self._floor_chars,
+                                                                    "characters", "max_chars_per_text"))
+            if self._settings.max_batch_request_tokens is None:
+                tokens = max(self._floor_tokens, tokens, self._checked(self._measured_tokens(), self._floor_tokens,
+                                                                       "tokens", "max_seq_length"))
             self.budgets = Budgets(chars, tokens, self._reply_bytes)
             self.measured_at = self._clock()
         log.info("budget per dynamic batch: %d characters, %d tokens, %d reply bytes", *dataclasses.astuple(
             self.budgets))
         return self.budgets
+
+    def _checked(self, measured: int, floor: int, unit: str, setting: str) -> int:
+        if measured < floor:
+            log.warning(
+                "this worker measured %d %s per dynamic batch, less than the largest valid request's %d: such a "
+                "request is still taken and may run past responseTimeout on this device (measured while the "
+                "machine was busy, or a slow device: lower max_pairs_per_request or %s, or raise responseTimeout)",
+                measured, unit, floor, setting)
+        return measured
 
     def after_refusals(self, refused: bool) -> None:
         """A batch refused requests for want of budget: measure again, at most every REMEASURE_EVERY_S."""
