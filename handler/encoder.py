@@ -248,7 +248,7 @@ class InstructorEncoder:
             rows = [i for batch_rows, _ in pending for i in batch_rows]
             # One device->host copy for the whole launch keeps the accelerator from waiting on Python.
             vectors = torch.cat([vectors for _, vectors in pending])
-        return PendingEmbeddings(items, rows, vectors, self.dimension, stats, started)
+            return PendingEmbeddings(items, rows, vectors, self.dimension, stats, started)
 
     def _embed_rows(self, batch: list[TokenizedPair], rows: list[int],
                     stats: EncodeStats) -> list[tuple[list[int], torch.Tensor]]:
