@@ -2,15 +2,16 @@
 worker) or sends a reply the frontend is slow to decode; and which requests of a batch get in.
 
 Three budgets per dynamic batch: characters given to the tokenizer, tokens given to the encoder, predicted
-bytes of the worker's reply. Requests are admitted in order: one over a budget alone gets 413, one that does
-not fit beside the earlier ones 503 (retry at once).
+bytes of the worker's reply. Requests are admitted in order: one that does not fit beside the earlier ones
+gets 503 (retry at once); one over what a request may carry alone gets 413.
 
 Budgets not set are measured at start-up: what this worker tokenizes (worst-case text) in 10% of
 responseTimeout and embeds in 25% of it. A timing can only come out too slow (a busy machine, a cold cache),
-never too fast, so the best of several probes is kept, a budget only ever grows when measured again, and no
-measured budget is below what the largest valid request needs (max_pairs_per_request pairs of
-max_seq_length tokens; of 2 x max_chars_per_text characters): a request the server took once is never refused
-as too large after a restart, whatever the machine was doing when the worker started.
+never too fast, so the best of several probes is kept and a budget only ever grows when measured again. And a
+request ALONE may always carry what the largest valid request needs (max_pairs_per_request pairs of
+max_seq_length tokens; of 2 x max_chars_per_text characters; its reply): a request the server took once is
+never refused as too large after a restart, whatever the machine was doing when the worker started, while
+batches are still packed to the measured budget. Configured budgets are hard limits, for a request alone too.
 """
 
 from __future__ import annotations
@@ -40,9 +41,14 @@ _PROBES = 3
 
 @dataclasses.dataclass(frozen=True)
 class Budgets:
+    """What a batch may carry, and what the first request of a batch may carry alone (at least as much)."""
+
     chars: int
     tokens: int
     reply_bytes: int
+    chars_alone: int
+    tokens_alone: int
+    reply_bytes_alone: int
 
 
 class Admitted(Protocol):
@@ -68,10 +74,9 @@ class BudgetKeeper:
         self._encoder, self._settings, self._timeout = encoder, settings, response_timeout_s
         self._clock = clock
         self._floor_chars, self._floor_tokens = largest_valid_request(settings, encoder.max_seq_length)
-        self._reply_bytes = max(settings.max_batch_reply_bytes, largest_reply_bytes)
+        self._largest_reply = largest_reply_bytes
         self._measured = settings.max_batch_request_chars is None or settings.max_batch_request_tokens is None
-        self.budgets = Budgets(settings.max_batch_request_chars or 0, settings.max_batch_request_tokens or 0,
-                               self._reply_bytes)
+        self.budgets = self._budgets(settings.max_batch_request_chars or 0, settings.max_batch_request_tokens or 0)
         self.measured_at: float | None = None  # None: every budget is configured, nothing to measure
         self.measure()
 
@@ -80,22 +85,31 @@ class BudgetKeeper:
         if self._measured:
             chars, tokens = self.budgets.chars, self.budgets.tokens
             if self._settings.max_batch_request_chars is None:
-                chars = max(self._floor_chars, chars, self._checked(self._measured_chars(), self._floor_chars,
-                                                                    "characters", "max_chars_per_text"))
+                chars = max(chars, self._checked(self._measured_chars(), self._floor_chars, "characters",
+                                                 "max_chars_per_text"))
             if self._settings.max_batch_request_tokens is None:
-                tokens = max(self._floor_tokens, tokens, self._checked(self._measured_tokens(), self._floor_tokens,
-                                                                       "tokens", "max_seq_length"))
-            self.budgets = Budgets(chars, tokens, self._reply_bytes)
+                tokens = max(tokens, self._checked(self._measured_tokens(), self._floor_tokens, "tokens",
+                                                   "max_seq_length"))
+            self.budgets = self._budgets(chars, tokens)
             self.measured_at = self._clock()
-        log.info("budget per dynamic batch: %d characters, %d tokens, %d reply bytes", *dataclasses.astuple(
-            self.budgets))
+        log.info("budget per dynamic batch: %d characters, %d tokens, %d reply bytes (a request alone: %d, %d, "
+                 "%d)", *dataclasses.astuple(self.budgets))
         return self.budgets
+
+    def _budgets(self, chars: int, tokens: int) -> Budgets:
+        settings = self._settings
+        return Budgets(
+            chars, tokens, settings.max_batch_reply_bytes,
+            chars if settings.max_batch_request_chars else max(chars, self._floor_chars),
+            tokens if settings.max_batch_request_tokens else max(tokens, self._floor_tokens),
+            max(settings.max_batch_reply_bytes, self._largest_reply),
+        )
 
     def _checked(self, measured: int, floor: int, unit: str, setting: str) -> int:
         if measured < floor:
             log.warning(
                 "this worker measured %d %s per dynamic batch, less than the largest valid request's %d: such a "
-                "request is still taken and may run past responseTimeout on this device (measured while the "
+                "request is still taken alone and may run past responseTimeout on this device (measured while the "
                 "machine was busy, or a slow device: lower max_pairs_per_request or %s, or raise responseTimeout)",
                 measured, unit, floor, setting)
         return measured
@@ -121,21 +135,22 @@ class BudgetKeeper:
         return int(tokens_per_s * self._timeout * EMBED_SHARE_OF_TIMEOUT)
 
 
-def admit(states: Sequence[Admitted], unit: str, cost: Callable[[Admitted], int], budget: int, setting: str,
-          used: int = 0) -> tuple[int, bool]:
-    """Keep the batch under ``budget``, ``used`` of it taken already: a request over it alone gets 413, one
-    that does not fit beside the earlier ones 503. Returns (used now, whether any request got 503)."""
+def admit(states: Sequence[Admitted], unit: str, cost: Callable[[Admitted], int], budget: int, alone: int,
+          setting: str, used: int = 0) -> tuple[int, bool]:
+    """Keep the batch under ``budget``, ``used`` of it taken already: the first request admitted may carry up to
+    ``alone``, and gets 413 beyond it; a later one that does not fit beside the earlier ones gets 503.
+    Returns (used now, whether any request got 503)."""
     refused = False
     for state in states:
         if not state.ready:
             continue
         needed = cost(state)
-        if needed > budget:
+        if needed > alone:
             state.error = PayloadTooLarge(
-                f"the request has {needed} {unit}; this server takes at most {budget} {unit} per request "
+                f"the request has {needed} {unit}; this server takes at most {alone} {unit} per request "
                 f"(setting {setting}): split the request"
             )
-        elif used + needed > budget:
+        elif used > 0 and used + needed > budget:
             refused = True
             state.error = Overloaded(
                 f"the server is busy: this batch already carries {used} of its {budget} {unit} "

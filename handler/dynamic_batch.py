@@ -84,10 +84,10 @@ class DynamicBatch:
         budgets = self.worker.budgets.budgets
         self.states = [self._parse(index, row) for index, row in enumerate(self.data)]
         # Characters and reply bytes first, before any tokenization: a flood must not cost its tokenization.
-        _, refused_chars = admit(self.states, "characters", lambda s: s.chars, budgets.chars,
+        _, refused_chars = admit(self.states, "characters", lambda s: s.chars, budgets.chars, budgets.chars_alone,
                                  "max_batch_request_chars")
-        admit(self.states, "reply bytes", self._reply_bytes, budgets.reply_bytes,
-                                 "max_batch_reply_bytes")
+        admit(self.states, "reply bytes", self._reply_bytes, budgets.reply_bytes, budgets.reply_bytes_alone,
+              "max_batch_reply_bytes")
         self.seconds.parse = time.perf_counter() - started
         chunks = self._chunks()
         used_tokens, refused_tokens = 0, False
@@ -99,7 +99,8 @@ class DynamicBatch:
                     if state.ready:
                         state.error = _item_error(state, self.worker.encoder.max_seq_length)
                 used_tokens, refused = admit([self.states[i] for i in chunk], "tokens", lambda s: s.tokens,
-                                             budgets.tokens, "max_batch_request_tokens", used_tokens)
+                                             budgets.tokens, budgets.tokens_alone, "max_batch_request_tokens",
+                                             used_tokens)
                 refused_tokens |= refused
                 launched = (chunk, self._launch(chunk))  # queued on the device before the previous is rendered
                 if previous is not None:

@@ -136,6 +136,8 @@ class InstructorHandler(BaseHandler):
             "max_pairs_per_request": settings.max_pairs_per_request,
             "max_chars_per_text": settings.max_chars_per_text,
             "batch_budgets": {"chars": budgets.chars, "tokens": budgets.tokens, "reply_bytes": budgets.reply_bytes},
+            "request_alone_budgets": {"chars": budgets.chars_alone, "tokens": budgets.tokens_alone,
+                                      "reply_bytes": budgets.reply_bytes_alone},
         }
 
 

@@ -88,8 +88,8 @@ def default_handler(tmp_path_factory, tiny_models):
 def test_measured_budgets_fit_a_maximal_request_of_plain_text(default_handler):
     handler, context = default_handler
     budgets = handler.worker.budgets.budgets
-    assert budgets.chars >= handler.settings.max_pairs_per_request * 2 * handler.settings.max_chars_per_text
-    assert budgets.tokens >= handler.settings.max_pairs_per_request * handler.encoder.max_seq_length
+    assert budgets.chars_alone >= handler.settings.max_pairs_per_request * 2 * handler.settings.max_chars_per_text
+    assert budgets.tokens_alone >= handler.settings.max_pairs_per_request * handler.encoder.max_seq_length
     maximal = {"instruction": INSTRUCTION, "sentences": ["word " * 4000] * 16}  # 16 x 20,000 characters
     [(status, vectors)] = run(handler, context, [maximal])
     assert status == 200 and len(vectors) == 16
@@ -130,8 +130,8 @@ def test_both_encodings_carry_the_float32_values_bit_for_bit():
 
 def test_a_slow_start_never_refuses_the_largest_valid_request(tmp_path, tiny_models, monkeypatch):
     """Budgets measured while the machine is busy (here: a tokenizer and a device 10,000x slower than they
-    are) still take the largest request the request limits allow: a restart under load cannot turn a request
-    the server took into a 413."""
+    are) still take the largest request the request limits allow, alone: a restart under load cannot turn a
+    request the server took into a 413. Batches are still packed to the measured budget."""
     from handler.encoder import InstructorEncoder
 
     real_encode, real_seconds_per_char = InstructorEncoder.encode, InstructorEncoder.tokenizer_seconds_per_char
@@ -147,13 +147,16 @@ def test_a_slow_start_never_refuses_the_largest_valid_request(tmp_path, tiny_mod
     handler, context = make_handler(tmp_path, tiny_models["tiny-instructor-relu"], max_pairs_per_request=8,
                                     max_chars_per_text=3000)
     budgets = handler.worker.budgets.budgets
-    assert budgets.tokens == 8 * handler.encoder.max_seq_length and budgets.chars == 8 * 2 * 3000  # the floors
+    assert (budgets.tokens_alone, budgets.chars_alone) == (8 * handler.encoder.max_seq_length, 8 * 2 * 3000)
+    assert budgets.tokens < handler.encoder.max_seq_length  # what the slow probes measured
     largest = {"inputs": [["i" * 3000, "long text " * 300]] * 8, "truncate": True}
     [(status, vectors)] = run(handler, context, [largest])
     assert status == 200 and len(vectors) == 8
-    # A second one in the same batch does not fit beside it: 503 (retry), never 413.
-    results = run(handler, context, [largest, largest])
-    assert [status for status, _ in results] == [200, 503]
+    # Nothing else fits beside it: 503 (retry), never 413; alone, each is served.
+    small = {"inputs": [INSTRUCTION, "a short one"]}
+    results = run(handler, context, [largest, largest, small])
+    assert [status for status, _ in results] == [200, 503, 503]
+    assert [status for status, _ in run(handler, context, [small])] == [200]
 
 
 def test_budgets_are_measured_again_when_they_refuse_and_never_shrink(default_handler, monkeypatch):
