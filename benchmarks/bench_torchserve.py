@@ -156,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--response-timeout", type=int, default=120, help="archive responseTimeout, s (default: 120)")
     parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                         help="a handler setting of the core archive (repeatable)")
-    parser.add_argument("--encoding", choices=("float", "base64"), default="float",
-                        help="the requests' encoding_format (default: float, the API default)")
+    parser.add_argument("--encoding", choices=("float", "base64", "raw"), default="float",
+                        help="reply format: float or base64 (encoding_format), raw (Accept: application/octet-stream); "
+                             "default: float, the API default")
     parser.add_argument("--gpus", help="GPUs TorchServe may use, e.g. 0 or 0,1 (default: all visible)")
     parser.add_argument("--compare-gpus", action="store_true",
                         help="run everything with GPU 0 only, then with all GPUs; record the ratio")

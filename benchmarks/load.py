@@ -73,6 +73,11 @@ def _client_process(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check(payload: bytes, spec: dict[str, Any]) -> None:
+    if spec["encoding_format"] == "raw":  # little-endian float32 rows (Accept: application/octet-stream)
+        size = len(payload) // 4 // spec["pairs_per_request"]
+        if size != spec["dimension"]:
+            raise AssertionError(f"raw response has {size} floats per row, not {spec['dimension']}")
+        return
     parsed = json.loads(payload)
     vector = parsed if spec["pairs_per_request"] == 1 else parsed[0]
     size = len(base64.b64decode(vector)) // 4 if spec["encoding_format"] == "base64" else len(vector)
@@ -86,6 +91,8 @@ async def _client(spec: dict[str, Any]) -> dict[str, Any]:
     bodies: list[bytes] = spec["bodies"]
     start_at, measure_from, stop_at = spec["start_at"], spec["measure_from"], spec["stop_at"]
     headers = {"Authorization": f"Bearer {spec['key']}", "Content-Type": "application/json"}
+    if spec["encoding_format"] == "raw":
+        headers["Accept"] = "application/octet-stream"
     out: dict[str, Any] = {"latencies": [], "pairs": 0, "requests": 0, "errors": 0, "first_error": "",
                            "checked": False}
     counter = iter(range(10**12))
@@ -130,7 +137,7 @@ def request_bodies(pairs: Sequence[Pair], pairs_per_request: int, start: int, co
         chunk = [pairs[(index * pairs_per_request + j) % len(pairs)] for j in range(pairs_per_request)]
         inputs: Any = list(chunk[0]) if pairs_per_request == 1 else [list(p) for p in chunk]
         body: dict[str, Any] = {"inputs": inputs}
-        if encoding_format != "float":
+        if encoding_format not in ("float", "raw"):  # raw is asked for by a request header
             body["encoding_format"] = encoding_format
         bodies.append(json.dumps(body).encode())
     return bodies

@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler.torchserve_handler import render_vectors
+from handler.replies import DIMENSION_HEADER, render, wire_of
 
 
 class NoopHandler(BaseHandler):
@@ -38,6 +38,10 @@ class NoopHandler(BaseHandler):
             inputs = body["inputs"]
             single = isinstance(inputs[0], str)
             vectors = np.tile(self.vector, (1 if single else len(inputs), 1))
-            context.set_response_content_type(index, "application/json")
-            responses.append(render_vectors(vectors, single, body.get("encoding_format", "float")))
+            headers = {str(k).lower(): v for k, v in context.get_all_request_header(index).items()
+                       if isinstance(v, str)}
+            reply, content_type = render(vectors, single, wire_of(body.get("encoding_format", "float"), headers))
+            context.set_response_content_type(index, content_type)
+            context.set_response_header(index, DIMENSION_HEADER, str(vectors.shape[1]))
+            responses.append(reply)
         return responses

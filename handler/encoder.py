@@ -10,12 +10,12 @@ then the Dense head and L2 normalisation. k is per row, so one batch can mix any
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 from handler.acceleration import accelerate
 from handler.batching import padded_slots, plan_micro_batches
 from handler.errors import InsufficientMemory, NothingToEmbed
+from handler.lookahead import ahead
 from handler.model_directory import ModelDirectory, load_dense_layers, read_model_directory
 from handler.settings import InstructionMode, Precision, Settings, SettingsError
 from handler.tokenization import BoundedTokenizer
@@ -65,13 +66,57 @@ class EncodeStats:
     def padding_ratio(self) -> float:
         return 0.0 if self.padded_tokens == 0 else 1.0 - self.tokens / self.padded_tokens
 
+    def add(self, other: EncodeStats) -> None:
+        """Fold another call's figures into these (seconds add up: calls that overlap count twice)."""
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
 
 @dataclasses.dataclass(frozen=True)
 class Embeddings:
+    """The one result type of the core: vectors of tokenized pairs, in the order they were given."""
+
     vectors: np.ndarray  # float32, shape (n, dimension), input order
-    token_counts: list[int]  # tokens embedded per pair (after truncation, special tokens included)
-    truncated: list[bool]
+    items: list[TokenizedPair]
     stats: EncodeStats
+
+    @property
+    def token_counts(self) -> list[int]:
+        """Tokens embedded per pair (after truncation, special tokens included)."""
+        return [len(item.input_ids) for item in self.items]
+
+    @property
+    def truncated(self) -> list[bool]:
+        return [item.truncated for item in self.items]
+
+
+class PendingEmbeddings:
+    """Micro-batches queued on the device, their vectors on their way to host memory; ``result()`` waits."""
+
+    def __init__(self, items: list[TokenizedPair], rows: list[int], vectors: torch.Tensor | None,
+                 dimension: int, stats: EncodeStats, started: float) -> None:
+        self._items, self._rows, self._stats, self._started = items, rows, stats, started
+        self._dimension = dimension
+        self._host: torch.Tensor | None = None
+        self._done: torch.cuda.Event | None = None
+        if vectors is not None and vectors.device.type == "cuda":
+            # Copy into pinned memory without waiting: the caller queues more work (or renders earlier
+            # replies) while the device finishes; the event says when these bytes are there.
+            self._host = torch.empty(vectors.shape, dtype=vectors.dtype, pin_memory=True)
+            self._host.copy_(vectors, non_blocking=True)
+            self._done = torch.cuda.Event()
+            self._done.record(torch.cuda.current_stream(vectors.device))
+        elif vectors is not None:
+            self._host = vectors
+
+    def result(self) -> Embeddings:
+        out = np.empty((len(self._items), self._dimension), dtype=np.float32)
+        if self._host is not None:
+            if self._done is not None:
+                self._done.synchronize()
+            out[self._rows] = self._host.numpy()
+        self._stats.seconds = time.perf_counter() - self._started
+        return Embeddings(out, self._items, self._stats)
 
 
 def resolve_precision(precision: Precision, device: torch.device) -> Precision:
@@ -138,16 +183,20 @@ class InstructorEncoder:
 
     def _pool_starts(self, instructions: Sequence[str]) -> list[int]:
         cleaned = [i.strip().lower() if self.files.do_lower_case else i.strip() for i in instructions]
-        missing = sorted({c for c in cleaned if c and c not in self._instruction_lengths})
+        # This call's lengths come from a dict of its own: the shared cache may be cleared (by this call, or
+        # by a look-ahead thread's) between filling it and reading it, and a miss would fail the batch.
+        lengths = {text: self._instruction_lengths.get(text) for text in set(cleaned) if text}
+        missing = sorted(text for text, length in lengths.items() if length is None)
         if missing:
-            if len(self._instruction_lengths) + len(missing) > _INSTRUCTION_CACHE_SIZE:
-                self._instruction_lengths.clear()  # bounded memory under many distinct instructions
             for text, (ids, _) in zip(missing, self._tokenizer.encode(missing), strict=True):
-                self._instruction_lengths[text] = len(ids)
+                lengths[text] = len(ids)
+            if len(self._instruction_lengths) + len(missing) > _INSTRUCTION_CACHE_SIZE:
+                self._instruction_lengths = {}  # bounded memory under many distinct instructions
+            self._instruction_lengths.update((text, lengths[text]) for text in missing)
         starts = []
         for text in cleaned:
             # 1.0.1 tokenizes the instruction with the same truncation, then drops the </s>.
-            k = self._instruction_lengths[text] - 1 if text else 0
+            k = lengths[text] - 1 if text else 0
             starts.append(0 if k <= 1 else k)
         return starts
 
@@ -156,69 +205,50 @@ class InstructorEncoder:
     def encode(self, pairs: Sequence[Pair], chunk_pairs: int = 2048) -> Embeddings:
         """Tokenize and embed; vectors come back in input order.
 
-        Large inputs go in chunks tokenized on a helper thread (the tokenizer releases the GIL) while this
-        thread queues the previous chunk's micro-batches on the accelerator, so neither waits for the other.
-        Raises NothingToEmbed for a pair whose instruction covers its whole text.
+        The one encoding path, also the one the serving adapter takes chunk by chunk: ``tokenize``, the
+        ``unpoolable`` check, ``launch``, ``PendingEmbeddings.result``. Chunks after the first are tokenized
+        on a helper thread (the tokenizer releases the GIL) while this thread queues the previous chunk's
+        micro-batches on the accelerator. Raises NothingToEmbed for a pair whose instruction covers its whole
+        text, numbered in ``pairs``.
         """
         started = time.perf_counter()
-        stats = EncodeStats(items=len(pairs))
-        token_counts: list[int] = []
-        truncated: list[bool] = []
-        pending: list[tuple[list[int], torch.Tensor]] = []
-        offsets = list(range(0, len(pairs), chunk_pairs))
-        pool = ThreadPoolExecutor(max_workers=1) if len(offsets) > 1 else None
-        try:
-            if pool is None:
-                tokenized = iter([self.tokenize(pairs)])
-            else:
-                futures = [pool.submit(self.tokenize, pairs[offset:offset + chunk_pairs]) for offset in offsets]
-                tokenized = (future.result() for future in futures)
-            with torch.inference_mode():
-                for offset, items in zip(offsets, tokenized, strict=False):
-                    empty = first_unpoolable(items)
-                    if empty is not None:
-                        raise NothingToEmbed(unpoolable_message(offset + empty))
-                    token_counts += [len(item.input_ids) for item in items]
-                    truncated += [item.truncated for item in items]
-                    for rows, vectors in self._launch(items, stats):
-                        pending.append(([offset + row for row in rows], vectors))
-                vectors = self._collect(pending, len(pairs))
-        finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
-        stats.seconds = time.perf_counter() - started
-        return Embeddings(vectors, token_counts, truncated, stats)
+        offsets = range(0, len(pairs), chunk_pairs)
+        launched: list[PendingEmbeddings] = []
+        with contextlib.closing(ahead(self.tokenize, [pairs[o:o + chunk_pairs] for o in offsets])) as chunks:
+            for offset, items in zip(offsets, chunks, strict=True):
+                error = unpoolable(items, first_index=offset)
+                if error is not None:
+                    raise error
+                launched.append(self.launch(items))
+        result = concatenate([pending.result() for pending in launched], self.dimension)
+        result.stats.seconds = time.perf_counter() - started  # wall time: the launches overlap
+        return result
 
-    def embed(self, items: Sequence[TokenizedPair]) -> tuple[np.ndarray, EncodeStats]:
-        """Embed tokenized pairs in length-sorted micro-batches; results in input order."""
+    def embed(self, items: Sequence[TokenizedPair]) -> Embeddings:
+        """Embed tokenized pairs and wait for their vectors (``launch(items).result()``)."""
+        return self.launch(items).result()
+
+    def launch(self, items: Sequence[TokenizedPair]) -> PendingEmbeddings:
+        """Queue every micro-batch of ``items`` (length-sorted, padding-aware plan) on the device and start
+        copying their vectors to host memory; on CPU the work is done when this returns."""
         started = time.perf_counter()
+        items = list(items)
         stats = EncodeStats(items=len(items))
-        with torch.inference_mode():
-            out = self._collect(self._launch(items, stats), len(items))
-        stats.seconds = time.perf_counter() - started
-        return out, stats
-
-    def _launch(self, items: Sequence[TokenizedPair], stats: EncodeStats) -> list[tuple[list[int], torch.Tensor]]:
-        """Queue every micro-batch of ``items``; returns (row indices, vectors still on the device)."""
         if not items:
-            return []
+            return PendingEmbeddings(items, [], None, self.dimension, stats, started)
         lengths = [len(item.input_ids) for item in items]
         # With CUDA graphs a micro-batch runs in its bucket's shape: the plan prices that padding too.
         slots = self._accelerated.compute_slots if self._accelerated is not None else padded_slots
         plan = plan_micro_batches(lengths, self.settings.max_batch_tokens, self.settings.max_batch_rows,
                                   _BATCH_OVERHEAD_TOKENS.get(self.device.type, 0), slots)
         pending: list[tuple[list[int], torch.Tensor]] = []
-        for rows in plan:
-            pending.extend(self._embed_rows([items[i] for i in rows], rows, stats))
-        return pending
-
-    def _collect(self, pending: list[tuple[list[int], torch.Tensor]], count: int) -> np.ndarray:
-        """One device->host copy at the end keeps the accelerator from waiting on Python between batches."""
-        out = np.empty((count, self.dimension), dtype=np.float32)
-        if pending:
-            indices = [i for rows, _ in pending for i in rows]
-            out[indices] = torch.cat([vectors for _, vectors in pending]).cpu().numpy()
-        return out
+        with torch.inference_mode():
+            for rows in plan:
+                pending.extend(self._embed_rows([items[i] for i in rows], rows, stats))
+            rows = [i for batch_rows, _ in pending for i in batch_rows]
+            # One device->host copy for the whole launch keeps the accelerator from waiting on Python.
+            vectors = torch.cat([vectors for _, vectors in pending])
+            return PendingEmbeddings(items, rows, vectors, self.dimension, stats, started)
 
     def _embed_rows(self, batch: list[TokenizedPair], rows: list[int],
                     stats: EncodeStats) -> list[tuple[list[int], torch.Tensor]]:
@@ -275,7 +305,7 @@ class InstructorEncoder:
             self._accelerated.warmup(self.max_seq_length)
         word = "warm up "
         pairs = [("Represent the sentence:", word * n) for n in (1, 8, 64, self.max_seq_length)]
-        self.encode(pairs)
+        self.encode(pairs, chunk_pairs=2)  # the serving path's shape: chunks, look-ahead thread, async copies
         return time.perf_counter() - started
 
     def _resolve_mode(self, mode: InstructionMode) -> InstructionMode:
@@ -311,15 +341,27 @@ def _pool(hidden: torch.Tensor, pooling_mask: torch.Tensor, attention: torch.Ten
     return summed / mask.sum(dim=1).clamp(min=1e-9)
 
 
-def first_unpoolable(items: Sequence[TokenizedPair]) -> int | None:
-    """Index of the first pair with nothing to pool (its instruction covers its whole text), else None."""
-    return next((i for i, item in enumerate(items) if item.pooled_tokens <= 0), None)
+def unpoolable(items: Sequence[TokenizedPair], first_index: int = 0) -> NothingToEmbed | None:
+    """The error for the first pair with nothing to pool (its instruction covers its whole text), else None.
+
+    Pairs are numbered from ``first_index``: the caller's numbering (a request's pairs, an encode call's)."""
+    index = next((i for i, item in enumerate(items) if item.pooled_tokens <= 0), None)
+    if index is None:
+        return None
+    return NothingToEmbed(
+        f"pair {first_index + index}: the instruction covers the whole joined text (instruction + sentence), so "
+        "no token is left to embed; InstructorEmbedding 1.0.1 fails or returns a zero vector here. "
+        "Send a longer sentence or a shorter instruction"
+    )
 
 
-def unpoolable_message(index: int) -> str:
-    return (f"pair {index}: the instruction covers the whole joined text (instruction + sentence), so no "
-            "token is left to embed; InstructorEmbedding 1.0.1 fails or returns a zero vector here. "
-            "Send a longer sentence or a shorter instruction")
+def concatenate(parts: Sequence[Embeddings], dimension: int) -> Embeddings:
+    """Several results as one, in order."""
+    stats = EncodeStats()
+    for part in parts:
+        stats.add(part.stats)
+    vectors = np.concatenate([part.vectors for part in parts]) if parts else np.empty((0, dimension), np.float32)
+    return Embeddings(vectors, [item for part in parts for item in part.items], stats)
 
 
 def _load_transformer(files: ModelDirectory, precision: Precision,

@@ -35,6 +35,7 @@ from handler.request_parsing import (
     checked_bool,
     checked_list,
     checked_string,
+    decode_json,
     json_type,
     parse_request,
 )
@@ -316,16 +317,16 @@ def _refuse_unknown(obj: dict[str, Any], allowed: tuple[str, ...], prefix: str) 
 
 
 def _load_json(raw: bytes | bytearray | memoryview | str) -> Any:
-    """Decode a raw body; one that is not JSON goes on as it is, for parse_request to report."""
-    data = raw.encode("utf-8", errors="surrogatepass") if isinstance(raw, str) else bytes(raw)
+    """Decode a raw body once (``decode_json``: the collector paused); InvalidInput if it is not JSON."""
     try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
+        return decode_json(raw)
+    except InvalidInput:
+        data = raw.encode("utf-8", errors="surrogatepass") if isinstance(raw, str) else bytes(raw)
         if _is_v2_binary_extension(data):
             raise _marked(InvalidInput(
                 "binary tensor data (the Inference-Header-Content-Length extension) is not supported; "
                 "send the strings in inputs[].data as JSON (tritonclient: binary_data=False)"), Protocol.V2) from None
-        return raw
+        raise
 
 
 def _is_v2_binary_extension(data: bytes) -> bool:

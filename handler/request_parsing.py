@@ -41,7 +41,7 @@ class ParsedRequest:
 def parse_request(body: Any, settings: Settings) -> ParsedRequest:
     """Validate a body (parsed JSON, or raw bytes/str to parse); raise InvalidInput or PayloadTooLarge."""
     if isinstance(body, (bytes, bytearray, memoryview, str)):
-        body = _decode_json(body)
+        body = decode_json(body)
     if not isinstance(body, dict):
         raise InvalidInput(f"the request body must be a JSON object like {_FORMS}; got {json_type(body)}")
     unknown = [key for key in body if key not in _ALLOWED_KEYS]
@@ -147,7 +147,8 @@ def check_count(count: int, field: str, settings: Settings) -> None:
         )
 
 
-def _decode_json(raw: bytes | bytearray | memoryview | str) -> Any:
+def decode_json(raw: bytes | bytearray | memoryview | str) -> Any:
+    """A raw body decoded once, with the garbage collector paused; InvalidInput if it is empty or not JSON."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8", errors="surrogatepass")
     if not raw or not bytes(raw).strip():

@@ -8,6 +8,7 @@ import numpy as np
 
 from handler.encoder import TokenizedPair
 from handler.errors import ServiceError
+from handler.replies import Wire
 from handler.request_parsing import ParsedRequest
 
 
@@ -16,13 +17,14 @@ class RequestState:
     """Exactly one of ``error`` or ``vectors`` is set once the batch has been through inference."""
 
     request: ParsedRequest | None = None
+    wire: Wire = Wire.FLOAT  # how its vectors travel (native requests; KServe answers are JSON)
     items: list[TokenizedPair] = dataclasses.field(default_factory=list)
     vectors: np.ndarray | None = None
     error: ServiceError | None = None
 
     @property
     def ready(self) -> bool:
-        """Parsed and tokenized without error: goes to the encoder."""
+        """Parsed (and, once tokenized, tokenized) without error: goes on to the next stage."""
         return self.error is None and self.request is not None
 
     @property

@@ -66,6 +66,14 @@ class Settings:
     # measurement assumes the worker has its device to itself: pin both when several CPU workers share cores.
     max_batch_request_chars: int | None = None
     max_batch_request_tokens: int | None = None
+    # Bytes of one worker reply (all responses of a dynamic batch travel to the frontend as one message, and
+    # TorchServe 0.12's frontend decodes it in time that grows with the square of its size): requests whose
+    # predicted replies would take the batch over it get 503 (retry). Never below one largest valid request.
+    max_batch_reply_bytes: int = 16 * 2**20
+    # A dynamic batch goes through tokenize -> embed -> render in chunks of about this many pairs, so that
+    # the next chunk is tokenized while the accelerator embeds this one and this one is rendered while it
+    # embeds the next. Requests are never split across chunks.
+    stage_chunk_pairs: int = 128
     # Threads that tokenize a dynamic batch (tokenizers' thread pool). None: the cores this worker may use,
     # at most 4 (several workers share a GPU host's cores; a batch of a few hundred pairs gains little
     # beyond 4 threads); 1 disables the pool.
@@ -81,8 +89,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         positive = ("max_batch_tokens", "max_batch_rows", "max_pairs_per_request", "max_chars_per_text",
-                    "max_batch_request_chars", "max_batch_request_tokens", "tokenizer_threads", "graph_max_rows",
-                    "graph_max_tokens")
+                    "max_batch_request_chars", "max_batch_request_tokens", "max_batch_reply_bytes",
+                    "stage_chunk_pairs", "tokenizer_threads", "graph_max_rows", "graph_max_tokens")
         for name in positive:
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -10,12 +10,15 @@ tests/test_handler_unit.py.
 
 from __future__ import annotations
 
+import json
 import re
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
+from scripts.torchserve_ctl import base_url
 from tests.torchserve_harness import TorchServe, build_with_script, register_with_script, running_torchserve
 
 pytestmark = pytest.mark.torchserve
@@ -67,3 +70,35 @@ def test_handler_metrics_reach_prometheus_without_a_token(server: TorchServe):
     items = re.search(rf'^InstructorItems{{ModelName="{NAME}",[^}}]*}} ([0-9.]+)$', resp.body, re.M)
     assert items and float(items.group(1)) >= 1, resp.body[:2000]
     assert f'InstructorEncodeSeconds_count{{ModelName="{NAME}"' in resp.body
+
+
+def test_raw_float32_replies_and_token_counts_cross_the_frontend_intact(server: TorchServe):
+    """The project's compact transport through real TorchServe: Accept: application/octet-stream gives the
+    JSON answer's float32 values bit for bit, with the dimension and the tokens used in response headers."""
+    body = {"inputs": [[INSTRUCTION, "3D ActionSLAM: wearable person tracking"], ["", "plain text"]]}
+    as_json = embed(server, body)
+    assert as_json.status == 200
+    request = urllib.request.Request(
+        base_url(server.props, "inference") + f"/predictions/{NAME}", data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"Bearer {server.keys().inference}", "Content-Type": "application/json",
+                 "Accept": "application/octet-stream"})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        raw, headers = resp.read(), resp.headers
+    assert headers["Content-Type"] == "application/octet-stream"
+    vectors = np.frombuffer(raw, "<f4").reshape(-1, int(headers["X-Instructor-Dimension"]))
+    assert np.array_equal(vectors, np.array(as_json.body, dtype=np.float32))
+    assert int(headers["X-Instructor-Tokens"]) > 2
+
+
+def test_customized_describe_answers_200_with_the_model_facts_and_counts_no_error(server: TorchServe):
+    def errors() -> float:
+        text = server.call("GET", "/metrics", api="metrics", token=None).body
+        return sum(float(v) for v in re.findall(rf'^InstructorErrors{{ModelName="{NAME}"[^}}]*}} ([0-9.]+)$', text,
+                                                re.M))
+
+    before = errors()
+    resp = server.call("GET", f"/models/{NAME}?customized=true", api="management")
+    assert resp.status == 200, resp
+    facts = resp.body[0]["customizedMetadata"]
+    assert facts["dimension"] > 0 and facts["max_seq_length"] > 0 and facts["batch_budgets"]["tokens"] > 0
+    assert errors() == before

@@ -13,7 +13,8 @@ import numpy as np
 import orjson
 import pytest
 
-from handler.torchserve_handler import InstructorHandler, render_vectors
+from handler.replies import render_vectors
+from handler.torchserve_handler import InstructorHandler
 from tests.ts_context import make_handler as _make_handler
 from tests.ts_context import set_batch
 
@@ -83,8 +84,9 @@ def default_handler(tmp_path_factory, tiny_models):
 
 def test_measured_budgets_fit_a_maximal_request_of_plain_text(default_handler):
     handler, context = default_handler
-    assert handler.batch_char_budget >= 2 * handler.settings.max_chars_per_text
-    assert handler.batch_token_budget >= handler.encoder.max_seq_length
+    budgets = handler.worker.budgets.budgets
+    assert budgets.chars_alone >= handler.settings.max_pairs_per_request * 2 * handler.settings.max_chars_per_text
+    assert budgets.tokens_alone >= handler.settings.max_pairs_per_request * handler.encoder.max_seq_length
     maximal = {"instruction": INSTRUCTION, "sentences": ["word " * 4000] * 16}  # 16 x 20,000 characters
     [(status, vectors)] = run(handler, context, [maximal])
     assert status == 200 and len(vectors) == 16
@@ -123,17 +125,73 @@ def test_both_encodings_carry_the_float32_values_bit_for_bit():
     assert isinstance(single, str) and np.array_equal(np.frombuffer(base64.b64decode(single), "<f4"), vectors[0])
 
 
-def test_a_measured_budget_is_measured_again_before_it_refuses_a_request(default_handler):
-    """A busy start-up measures a low speed; the worker measures again (at most every 10 minutes) before it
-    refuses a request as too large, instead of refusing until it restarts."""
-    import time
+def test_a_slow_start_never_refuses_the_largest_valid_request(tmp_path, tiny_models, monkeypatch):
+    """Budgets measured while the machine is busy (here: a tokenizer and a device 10,000x slower than they
+    are) still take the largest request the request limits allow, alone: a restart under load cannot turn a
+    request the server took into a 413. Batches are still packed to the measured budget."""
+    from handler.encoder import InstructorEncoder
+
+    real_encode, real_seconds_per_char = InstructorEncoder.encode, InstructorEncoder.tokenizer_seconds_per_char
+
+    def slow_encode(self, pairs, chunk_pairs=2048):
+        result = real_encode(self, pairs, chunk_pairs)
+        result.stats.seconds *= 10_000
+        return result
+
+    monkeypatch.setattr(InstructorEncoder, "encode", slow_encode)
+    monkeypatch.setattr(InstructorEncoder, "tokenizer_seconds_per_char",
+                        lambda self: real_seconds_per_char(self) * 10_000)
+    handler, context = make_handler(tmp_path, tiny_models["tiny-instructor-relu"], max_pairs_per_request=8,
+                                    max_chars_per_text=3000)
+    budgets = handler.worker.budgets.budgets
+    assert (budgets.tokens_alone, budgets.chars_alone) == (8 * handler.encoder.max_seq_length, 8 * 2 * 3000)
+    assert budgets.tokens < handler.encoder.max_seq_length  # what the slow probes measured
+    largest = {"inputs": [["i" * 3000, "long text " * 300]] * 8, "truncate": True}
+    [(status, vectors)] = run(handler, context, [largest])
+    assert status == 200 and len(vectors) == 8
+    # Nothing else fits beside it: 503 (retry), never 413; alone, each is served.
+    small = {"inputs": [INSTRUCTION, "a short one"]}
+    results = run(handler, context, [largest, largest, small])
+    assert [status for status, _ in results] == [200, 503, 503]
+    assert [status for status, _ in run(handler, context, [small])] == [200]
+
+
+def test_budgets_are_measured_again_when_they_refuse_and_never_shrink(default_handler, monkeypatch):
+    """A budget that made the batch refuse requests is measured again (at most every 10 minutes); a new
+    measurement, which a busy moment can only make lower, never lowers it."""
+    handler, _ = default_handler
+    keeper = handler.worker.budgets
+    before = keeper.budgets
+    calls = []
+    monkeypatch.setattr(keeper, "_measured_tokens", lambda: calls.append("tokens") or 1)
+    monkeypatch.setattr(keeper, "_measured_chars", lambda: calls.append("chars") or 1)
+    keeper.after_refusals(refused=True)
+    assert calls == []  # measured at start-up, less than 10 minutes ago
+    keeper.measured_at -= 601
+    keeper.after_refusals(refused=False)
+    assert calls == []  # nothing refused: nothing to measure
+    keeper.after_refusals(refused=True)
+    assert calls == ["chars", "tokens"] and keeper.budgets == before  # measured again, lower: kept
+
+
+def test_instructions_evicted_from_the_length_cache_mid_batch_never_fail_a_request(default_handler, monkeypatch):
+    """A batch bringing new instructions clears a full instruction-length cache; instructions cached before
+    and used in the same batch must still be found (it used to be a KeyError: a 500, or the whole batch
+    tokenized again request by request)."""
+    from handler import dynamic_batch
+    from handler import encoder as encoder_module
 
     handler, context = default_handler
-    body = {"instruction": INSTRUCTION, "sentences": ["word " * 30] * 4}
-    handler.batch_token_budget = 10  # as if measured while the machine was busy
-    handler._budgets_measured_at = time.monotonic()
-    [(status, answer)] = run(handler, context, [body])
-    assert status == 413 and "max_batch_request_tokens" in answer["message"]  # measured just now: refused
-    handler._budgets_measured_at = time.monotonic() - 601
-    [(status, _)] = run(handler, context, [body])
-    assert status == 200 and handler.batch_token_budget > 100  # measured again, then served
+    monkeypatch.setattr(encoder_module, "_INSTRUCTION_CACHE_SIZE", 4)
+    monkeypatch.setattr(handler.encoder, "_instruction_lengths", {})
+    known = [[f"Represent the topic {i}:", "a cached instruction"] for i in range(3)]
+    new = [[f"Represent the new area {i}:", "an instruction never seen"] for i in range(4)]
+    assert [status for status, _ in run(handler, context, [{"inputs": known}])] == [200]
+    tokenize_alone = []
+    monkeypatch.setattr(dynamic_batch.log, "exception", lambda *args, **kwargs: tokenize_alone.append(args))
+    mixed = [known[0], *new]
+    results = run(handler, context, [{"inputs": mixed}, {"inputs": known[1]}])
+    assert [status for status, _ in results] == [200, 200] and tokenize_alone == []
+    monkeypatch.setattr(handler.encoder, "_instruction_lengths", {})
+    expected = handler.encoder.encode([tuple(p) for p in mixed]).vectors
+    np.testing.assert_allclose(np.array(results[0][1]), expected, atol=1e-6)

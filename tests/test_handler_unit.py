@@ -103,16 +103,16 @@ def test_limits_answer_413_and_untruncatable_input_422(served):
 
 def test_unexpected_failure_is_a_500_for_that_request_only(served, monkeypatch):
     handler, _ = served
-    real_embed = handler.encoder.embed
+    real_launch = handler.encoder.launch
 
     poison_ids = handler.encoder.tokenize([("", "poison pill one two")])[0].input_ids
 
-    def embed_failing_on_poison(items):
+    def launch_failing_on_poison(items):
         if any(item.input_ids == poison_ids for item in items):
             raise RuntimeError("simulated kernel failure")
-        return real_embed(items)
+        return real_launch(items)
 
-    monkeypatch.setattr(handler.encoder, "embed", embed_failing_on_poison)
+    monkeypatch.setattr(handler.encoder, "launch", launch_failing_on_poison)
     poison = {"inputs": ["", "poison pill one two"]}
     results = run(served, [{"inputs": SCIENCE}, poison])
     assert results[0][0] == 200
@@ -155,6 +155,7 @@ def test_initialize_loads_the_model_on_the_assigned_gpu(tmp_path, monkeypatch):
 
     class RecordingEncoder:
         max_seq_length = 512
+        dimension = 768
 
         def __init__(self, model_dir, settings, device):
             seen.update(model_dir=model_dir, device=device, precision=settings.precision.value)
@@ -223,3 +224,69 @@ def test_any_dynamic_batch_size_gets_exactly_one_answer_per_request_in_order(def
     for pairs, (_, answer) in zip(per_request, results, strict=True):
         got = np.array(answer) if len(pairs) > 1 else np.array([answer])
         np.testing.assert_allclose(got, np.array([next(expected) for _ in pairs]), atol=1e-5)
+
+
+def with_headers(context, headers_per_request: list[dict[str, str]]) -> None:
+    """Request headers as the worker hands them over (names as the client sent them)."""
+    from ts.context import RequestProcessor
+
+    context.request_processor = [RequestProcessor(headers) for headers in headers_per_request]
+
+
+def test_raw_float32_replies_carry_the_json_vectors_bit_for_bit_and_every_reply_its_tokens(served):
+    handler, context = served
+    pairs = [["Represent the question:", "where is the cat?"], ["", "plain text"], SCIENCE]
+    bodies = [{"inputs": pairs}, {"inputs": pairs}, {"inputs": SCIENCE}, {"inputs": []}]
+    set_batch(context, len(bodies))
+    with_headers(context, [{}, {"Accept": "application/octet-stream"}, {"accept": "application/octet-stream"},
+                           {"Accept": "application/octet-stream"}])
+    out = handler.handle([{"body": body} for body in bodies], context)
+    floats = np.array(orjson.loads(out[0]), dtype=np.float32)
+    dimension = int(context.get_response_headers(1)["X-Instructor-Dimension"])
+    assert context.get_response_content_type(1) == "application/octet-stream"
+    assert np.array_equal(np.frombuffer(out[1], "<f4").reshape(-1, dimension), floats)
+    assert np.array_equal(np.frombuffer(out[2], "<f4"), floats[2])  # the single-pair form: one row
+    tokens = sum(len(item.input_ids) for item in handler.encoder.tokenize([tuple(p) for p in pairs]))
+    assert context.get_response_headers(0)["X-Instructor-Tokens"] == str(tokens)
+    assert context.get_response_headers(1)["X-Instructor-Tokens"] == str(tokens)
+    # An error stays JSON whatever the client accepts.
+    assert context.get_response_status(3)[0] == 400
+    assert context.get_response_content_type(3) == "application/json" and orjson.loads(out[3])["code"] == 400
+    assert "X-Instructor-Tokens" not in context.get_response_headers(3)
+
+
+def test_every_body_is_decoded_once_with_the_collector_paused(served, monkeypatch):
+    import gc
+    from types import SimpleNamespace
+
+    from handler import request_parsing
+
+    decodes = []
+
+    def recording_loads(data):
+        decodes.append(gc.isenabled())
+        return orjson.loads(data)
+
+    monkeypatch.setattr(request_parsing, "orjson", SimpleNamespace(loads=recording_loads,
+                                                                   JSONDecodeError=orjson.JSONDecodeError))
+    bodies = [orjson.dumps({"inputs": SCIENCE}), b"{not json", orjson.dumps({"instances": [SCIENCE]})]
+    results = run(served, bodies)
+    assert [status for status, _ in results] == [200, 400, 200]
+    assert decodes == [False, False, False]
+
+
+def test_customized_describe_answers_the_model_facts_not_a_400(served):
+    """GET /models/<name>?customized=true reaches the worker as a request with the header describe: True."""
+    handler, context = served
+    set_batch(context, 1)
+    with_headers(context, [{"describe": "True"}])
+    [raw] = handler.handle([{}], context)  # no body: the worker's row of a request without parameters
+    assert context.get_response_status(0)[0] == 200
+    described = orjson.loads(raw)
+    assert described["dimension"] == handler.encoder.dimension
+    assert described["max_pairs_per_request"] == 8 and described["batch_budgets"]["tokens"] >= 8
+    # A prediction that carries the header is still a prediction.
+    set_batch(context, 1)
+    with_headers(context, [{"describe": "True"}])
+    [raw] = handler.handle([{"body": orjson.dumps({"inputs": SCIENCE})}], context)
+    np.testing.assert_allclose(orjson.loads(raw), reference(served, [SCIENCE])[0], atol=1e-6)
