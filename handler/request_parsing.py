@@ -36,12 +36,14 @@ class ParsedRequest:
     single: bool  # the flat {"inputs": [instruction, sentence]} form: answer with one flat vector
     truncate: bool
     encoding_format: str = "float"
+    request_id: str | None = None  # KServe v2 "id", echoed in the answer
+    binary_output: bool = False  # KServe v2 binary tensor extension: raw float32 after a JSON header
 
 
 def parse_request(body: Any, settings: Settings) -> ParsedRequest:
     """Validate a body (parsed JSON, or raw bytes/str to parse); raise InvalidInput or PayloadTooLarge."""
     if isinstance(body, (bytes, bytearray, memoryview, str)):
-        body = _decode_json(body)
+        body = decode_json(body)
     if not isinstance(body, dict):
         raise InvalidInput(f"the request body must be a JSON object like {_FORMS}; got {json_type(body)}")
     unknown = [key for key in body if key not in _ALLOWED_KEYS]
@@ -147,7 +149,8 @@ def check_count(count: int, field: str, settings: Settings) -> None:
         )
 
 
-def _decode_json(raw: bytes | bytearray | memoryview | str) -> Any:
+def decode_json(raw: bytes | bytearray | memoryview | str) -> Any:
+    """Decode a raw body (InvalidInput if empty or not JSON), with the collector paused."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8", errors="surrogatepass")
     if not raw or not bytes(raw).strip():

@@ -29,7 +29,7 @@ from handler.encoder import InstructorEncoder, TokenizedPair, first_unpoolable, 
 from handler.errors import InputTooLong, InternalError, NothingToEmbed, Overloaded, PayloadTooLarge, ServiceError
 from handler.memory import release_after
 from handler.model_directory import ARCHIVE_MODEL_SUBDIR
-from handler.protocols import ModelIdentity, Protocol, parse_body, protocol_of, render_error, render_response
+from handler.protocols import ModelIdentity, Protocol, parse_row, render_error, render_reply, request_body
 from handler.request_state import RequestState
 from handler.settings import Settings
 from handler.tokenization import PREFIX_ROUNDS_OVERHEAD
@@ -58,12 +58,6 @@ def select_device(gpu_id: Any, cuda_available: bool) -> str:
     if gpu_id is None or not cuda_available:
         return "cpu"
     return f"cuda:{int(gpu_id)}"
-
-
-def request_body(row: dict[str, Any]) -> Any:
-    """TorchServe puts the payload under "body" (or "data" for some clients)."""
-    body = row.get("body")
-    return row.get("data") if body is None else body
 
 
 _MAX_AUTO_TOKENIZER_THREADS = 4
@@ -112,7 +106,7 @@ class InstructorHandler(BaseHandler):
         self._response_timeout_s = float(yaml_config.get("responseTimeout") or DEFAULT_RESPONSE_TIMEOUT_S)
         self._set_budgets()
         self.metrics = HandlerMetrics(context.metrics, context.model_name)
-        self.model_identity = ModelIdentity.from_context(context)
+        self.model_identity = ModelIdentity.from_context(context, self.encoder.dimension)
         self.context = context
         # The model, torch and transformers leave hundreds of thousands of long-lived objects that every full
         # garbage collection would walk again (0.66 s each with the demo model, measured on a 2-core VM): set
@@ -202,12 +196,10 @@ class InstructorHandler(BaseHandler):
 
     def _parse(self, index: int, row: dict[str, Any]) -> RequestState:
         try:
-            return RequestState(request=parse_body(request_body(row), self.settings))
-        except ServiceError as error:
-            # Without its traceback: the frames hold the parsed body, and exception -> traceback -> frame ->
-            # exception is a cycle that only a full GC frees (measured: 16 refused 8 MB bodies of nested
-            # lists kept the worker at 3.3 GB until then).
-            return RequestState(error=error.with_traceback(None))
+            # The protocol is the route's (TorchServe's url_path header) and then the body's; errors come back
+            # in the state, without their tracebacks (16 refused 8 MB bodies of nested lists kept the worker
+            # at 3.3 GB until a full GC when they kept them).
+            return parse_row(row, self.context.get_all_request_header(index), self.settings, self.model_identity)
         except Exception:
             log.exception("unexpected failure parsing request %s", self._request_id(index))
             return RequestState(error=self._internal_error(index))
@@ -279,13 +271,16 @@ class InstructorHandler(BaseHandler):
         responses = []
         for index, state in enumerate(states):
             self.context.set_response_content_type(index, JSON)
-            protocol = protocol_of(state.request, state.error)  # KServe v1/v2 bodies get KServe's shapes
-            if state.error is not None or state.vectors is None:
+            if state.reply is None and (state.error is not None or state.vectors is None):
                 error = state.error or self._internal_error(index)
-                responses.append(self._error_response(index, error, protocol))
+                responses.append(self._error_response(index, error, state.protocol))
                 continue
-            if protocol is not Protocol.NATIVE:
-                responses.append(render_response(state.request, state.vectors, self.model_identity))
+            if state.protocol is not Protocol.NATIVE:  # OpenAI and KServe answers, in their own shapes
+                reply = render_reply(state, self.model_identity)
+                self.context.set_response_content_type(index, reply.content_type)
+                for header, value in reply.headers.items():
+                    self.context.set_response_header(index, header, value)
+                responses.append(reply.body)
                 continue
             responses.append(render_vectors(state.vectors, state.request.single, state.request.encoding_format))
         return responses
