@@ -49,19 +49,20 @@ def request_body(row: Mapping[str, Any]) -> Any:
     if body is not None:
         return body
     fields = [key for key in row if key not in _ROW_KEYS]
-    if len(fields) == 1 and isinstance(row[fields[0]], (bytes, bytearray)) and _looks_like_json(row[fields[0]]):
+    if len(fields) == 1 and _looks_like_json(row[fields[0]]):
         return row[fields[0]]
     return None
 
 
-def _form_fields_error(row: Mapping[str, Any]) -> InvalidInput | None:
-    """curl -d without a Content-Type sends application/x-www-form-urlencoded: TorchServe splits the JSON at
-    '&' and '=' into form fields, and the text cannot be put back together reliably: say what to send."""
+def _form_error(row: Mapping[str, Any], content_type: str) -> InvalidInput | None:
+    """curl -d without a Content-Type sends application/x-www-form-urlencoded: TorchServe decodes it as form
+    fields (a JSON text with no '=' becomes none at all), and the text cannot be put back together reliably."""
     fields = [str(key) for key in row if key not in _ROW_KEYS]
-    if not fields:
+    if not fields and not content_type.lower().startswith(("application/x-www-form-urlencoded", "multipart/")):
         return None
-    shown = ", ".join(repr(field[:40]) for field in fields[:3])
-    return InvalidInput(f"the body arrived as form fields ({shown}), not as JSON; {_FORM_HINT}")
+    shown = f" ({', '.join(repr(field[:40]) for field in fields[:3])})" if fields else ""
+    return InvalidInput(f"the body arrived as form fields{shown} ({content_type or 'no Content-Type'}), not as "
+                        f"JSON; {_FORM_HINT}")
 
 
 def parse_row(row: Mapping[str, Any], headers: Mapping[str, str] | None, settings: Settings,
@@ -76,7 +77,7 @@ def parse_row(row: Mapping[str, Any], headers: Mapping[str, str] | None, setting
             if protocol is Protocol.OPENAI_MODELS:
                 return RequestState(protocol=protocol, reply=protocol_openai.render_models(model))
         raw = request_body(row)
-        if raw is None and (form_error := _form_fields_error(row)) is not None:
+        if raw is None and (form_error := _form_error(row, lowered.get("content-type", ""))) is not None:
             raise form_error
         if protocol is Protocol.UNKNOWN and protocol_kserve.BINARY_HEADER in lowered:
             protocol = Protocol.V2
@@ -139,6 +140,11 @@ def render_error(error: ServiceError, protocol: Protocol) -> bytes:
     return orjson.dumps(error.to_body())
 
 
-def _looks_like_json(raw: bytes | bytearray) -> bool:
-    return bytes(raw[:64]).lstrip()[:1] in (b"{", b"[")
+def _looks_like_json(value: Any) -> bool:
+    """A multipart part TorchServe decoded already (application/json), or JSON text or bytes."""
+    if isinstance(value, (dict, list)):
+        return True
+    if isinstance(value, str):
+        return value.lstrip()[:1] in ("{", "[")
+    return isinstance(value, (bytes, bytearray)) and bytes(value[:64]).lstrip()[:1] in (b"{", b"[")
 

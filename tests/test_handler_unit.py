@@ -160,6 +160,7 @@ def test_initialize_loads_the_model_on_the_assigned_gpu(tmp_path, monkeypatch):
 
     class RecordingEncoder:
         max_seq_length = 512
+        dimension = 8
 
         def __init__(self, model_dir, settings, device):
             seen.update(model_dir=model_dir, device=device, precision=settings.precision.value)
