@@ -1,16 +1,18 @@
 """Which protocol a request speaks, from its route first and its body second; parse and answer in it.
 
-TorchServe 0.12 routes four kinds of POST to the handler and tells it little about which one it got:
+TorchServe 0.12 routes these POSTs to the handler and marks the route only with the headers it adds:
 
-  /predictions/<name>[/<version>]              header ``url_path`` = ""       -> the native forms
-  /predictions/<name>/<version>/v1/embeddings  header ``url_path`` = "v1/embeddings"  -> OpenAI embeddings
-  /predictions/<name>/<version>/v1/models      (any method) "v1/models"       -> OpenAI model list
-  /v1/models/<name>:predict, /v2/models/<name>/infer, /invocations ...  no ``url_path`` header at all
+  /predictions/<name>[/<version>]              url_path = ""               -> the native forms
+  /predictions/<name>/<version>/v1/embeddings  url_path = "v1/embeddings"  -> OpenAI embeddings
+  /predictions/<name>/<version>/v1/models      url_path = "v1/models"      -> OpenAI model list (any method)
+  /v1/models/<name>:predict, /v2/models/<name>/infer   explain, no url_path -> KServe v1 or v2
+  /invocations, /models/<name>/invoke, /<name>/predict  neither             -> told from the body
 
-On the routes without ``url_path`` the protocol is told from the body: ``instances`` is KServe v1, tensors (or
-tritonclient's ``Inference-Header-Content-Length`` header) are KServe v2, and a native body is answered
-natively (``/invocations`` carries those). An error on such a route for a body that speaks none of them is
-answered with both shapes' keys (``error`` for KServe clients, ``code``/``type``/``message`` for ours).
+TorchServe does not say which of its two KServe routes was called: there ``instances`` is v1 and anything
+else v2 (so a native body there gets a v2 error). On the routes that carry no header, ``instances`` is v1,
+tensors (or tritonclient's ``Inference-Header-Content-Length`` header) v2, a native body native, and an error
+for a body that speaks none of them is answered with both shapes' keys (``error`` for KServe clients,
+``code``/``type``/``message`` for this project's).
 
 Each request is parsed once, by the parser of its protocol, into the same ParsedRequest, so one dynamic batch
 mixing every protocol makes one core call; each answer is rendered in the protocol of its request.
@@ -34,6 +36,7 @@ from handler.settings import Settings
 __all__ = ["ModelIdentity", "Protocol", "Reply", "parse_row", "render_error", "render_reply", "request_body"]
 
 URL_PATH = "url_path"
+KSERVE_ROUTE_HEADER = "explain"  # added by TorchServe on /predictions and on its KServe routes, not elsewhere
 _FORM_HINT = ("send the JSON as the raw request body with the header 'Content-Type: application/json' "
               "(curl: -H 'Content-Type: application/json' -d @body.json)")
 # TorchServe's own keys in a request row; everything else in a row is a form or multipart field.
@@ -70,7 +73,8 @@ def parse_row(row: Mapping[str, Any], headers: Mapping[str, str] | None, setting
     """One request of a dynamic batch -> its state: parsed pairs, a ready reply, or an error; never raises
     a ServiceError. ``headers`` are the request's HTTP headers as TorchServe passes them."""
     lowered = {str(key).lower(): value for key, value in (headers or {}).items()}
-    protocol = Protocol.UNKNOWN if URL_PATH not in lowered else Protocol.NATIVE
+    kserve_route = URL_PATH not in lowered and KSERVE_ROUTE_HEADER in lowered
+    protocol = Protocol.NATIVE if URL_PATH in lowered else Protocol.V2 if kserve_route else Protocol.UNKNOWN
     try:
         if URL_PATH in lowered:
             protocol = _predictions_route(str(lowered[URL_PATH]).strip("/"))
@@ -79,12 +83,14 @@ def parse_row(row: Mapping[str, Any], headers: Mapping[str, str] | None, setting
         raw = request_body(row)
         if raw is None and (form_error := _form_error(row, lowered.get("content-type", ""))) is not None:
             raise form_error
-        if protocol is Protocol.UNKNOWN and protocol_kserve.BINARY_HEADER in lowered:
+        if protocol in (Protocol.UNKNOWN, Protocol.V2) and protocol_kserve.BINARY_HEADER in lowered:
             protocol = Protocol.V2
             body = protocol_kserve.split_binary(raw, lowered[protocol_kserve.BINARY_HEADER])
         else:
             body = decode_json(raw) if isinstance(raw, (bytes, bytearray, memoryview, str)) else raw
-        if protocol is Protocol.UNKNOWN:
+        if kserve_route and isinstance(body, dict) and "instances" in body:
+            protocol = Protocol.V1
+        elif protocol is Protocol.UNKNOWN:
             protocol = protocol_kserve.detect(body)
         return RequestState(protocol=protocol, request=_parse(protocol, body, settings, model))
     except ServiceError as error:

@@ -17,7 +17,9 @@ from handler.request_state import RequestState
 from handler.settings import Settings
 
 MODEL = ModelIdentity("tiny", "1.0", 3)
-KSERVE_ROUTE: dict[str, str] = {}  # /v1/models/..:predict and /v2/models/../infer: TorchServe sets no url_path
+# What TorchServe adds on /v1/models/<name>:predict and /v2/models/<name>/infer: "explain", no url_path.
+KSERVE_ROUTE = {"explain": "False"}
+OTHER_ROUTE: dict[str, str] = {}  # /invocations, /models/<name>/invoke: no header at all
 
 
 def parse(body, headers=None) -> RequestState:
@@ -62,10 +64,20 @@ def test_every_protocol_form_yields_the_same_pairs(body, protocol):
     assert state.request.pairs == PAIRS and not state.request.single and state.request.truncate
 
 
-def test_native_forms_are_left_to_the_native_parser():
+def test_native_forms_are_native_on_the_routes_that_do_not_say():
     for body in ({"inputs": ["a", "b"]}, {"inputs": [["a", "b"]]}, {"instruction": "a", "sentences": ["b"]}):
-        assert parsed(body).protocol is Protocol.NATIVE
-    assert parsed({"inputs": ["a", "b"]}).request.single
+        assert parsed(body, OTHER_ROUTE).protocol is Protocol.NATIVE
+    assert parsed({"inputs": ["a", "b"]}, OTHER_ROUTE).request.single
+    assert parsed({"instances": [["a", "x"]]}, OTHER_ROUTE).protocol is Protocol.V1
+
+
+def test_on_the_kserve_routes_a_native_body_gets_a_v2_error():
+    state = parse({"inputs": [["a", "x"]]})
+    assert state.protocol is Protocol.V2 and "inputs[0] must be a tensor object" in state.error.message
+    assert orjson.loads(render_error(state.error, state.protocol)) == {"error": state.error.message}
+    unreadable = parse(b"{not json")
+    assert unreadable.protocol is Protocol.V2 and list(orjson.loads(render_error(unreadable.error, Protocol.V2))) == [
+        "error"]
 
 
 def test_on_predictions_the_route_decides_not_the_body():
@@ -197,7 +209,7 @@ def test_a_bad_native_body_keeps_the_native_error_shape():
 
 
 def test_an_unreadable_body_on_a_route_that_does_not_say_gets_both_error_shapes():
-    state = parse(b"{not json")
+    state = parse(b"{not json", OTHER_ROUTE)
     assert state.protocol is Protocol.UNKNOWN
     body = orjson.loads(render_error(state.error, state.protocol))
     assert body["error"] == body["message"] and body["code"] == 400 and "not valid JSON" in body["error"]
