@@ -31,7 +31,7 @@ from handler.request_parsing import (
     check_count,
     checked_bool,
     checked_list,
-    checked_string,
+    checked_pair,
     decode_json,
     json_type,
 )
@@ -79,13 +79,13 @@ def parse_v1(body: Any, settings: Settings) -> ParsedRequest:
         if isinstance(item, list):
             if len(item) != 2:
                 raise InvalidInput(f"{field} must be [instruction, text]; got a list of {len(item)}")
-            pairs.append(_pair(item[0], item[1], f"{field}[0]", f"{field}[1]", settings))
+            pairs.append(checked_pair(item[0], item[1], f"{field}[0]", f"{field}[1]", settings))
         elif isinstance(item, dict):
             _refuse_unknown(item, _V1_INSTANCE_KEYS, f"{field}.")
             if "text" not in item:
                 raise InvalidInput(f"{field}.text is missing")
-            pairs.append(_pair(item.get("instruction", ""), item["text"], f"{field}.instruction", f"{field}.text",
-                               settings))
+            pairs.append(checked_pair(item.get("instruction", ""), item["text"], f"{field}.instruction",
+                                      f"{field}.text", settings))
         else:
             raise InvalidInput(f"{field} must be [instruction, text] or {{\"instruction\": ..., \"text\": ...}}; "
                                f"got {json_type(item)}")
@@ -268,12 +268,12 @@ def _v2_pairs_tensor(tensor: dict[str, Any], settings: Settings) -> list[Pair]:
         if len(data) != rows or any(len(row) != 2 for row in data):
             raise InvalidInput(f"{field}.data must hold {rows} rows of 2 strings, as {field}.shape {shape} says")
         check_count(rows, f"{field}.shape[0]", settings)
-        return [_pair(row[0], row[1], f"{field}.data[{i}][0]", f"{field}.data[{i}][1]", settings)
+        return [checked_pair(row[0], row[1], f"{field}.data[{i}][0]", f"{field}.data[{i}][1]", settings)
                 for i, row in enumerate(data)]
     if len(data) != 2 * rows:  # flat, row-major
         raise InvalidInput(f"{field}.data has {len(data)} elements; {field}.shape {shape} needs {2 * rows}")
     check_count(rows, f"{field}.shape[0]", settings)
-    return [_pair(data[2 * i], data[2 * i + 1], f"{field}.data[{2 * i}]", f"{field}.data[{2 * i + 1}]", settings)
+    return [checked_pair(data[2 * i], data[2 * i + 1], f"{field}.data[{2 * i}]", f"{field}.data[{2 * i + 1}]", settings)
             for i in range(rows)]
 
 
@@ -298,17 +298,12 @@ def _v2_named_tensors(inputs: list[dict[str, Any]], settings: Settings) -> list[
                                f"{tensor_field}.shape {tensor['shape']} needs {tensor['shape'][0]}")
     check_count(rows, f"{text_field}.shape[0]", settings)
     broadcast = instruction["shape"] == [1]
-    return [_pair(instruction["data"][0 if broadcast else i], text["data"][i],
+    return [checked_pair(instruction["data"][0 if broadcast else i], text["data"][i],
                   f"{instruction_field}.data[{0 if broadcast else i}]", f"{text_field}.data[{i}]", settings)
             for i in range(rows)]
 
 
 # --- shared -----------------------------------------------------------------------------------------------
-
-def _pair(instruction: Any, text: Any, instruction_field: str, text_field: str, settings: Settings) -> Pair:
-    return (checked_string(instruction, f"{instruction_field} (instruction)", settings),
-            checked_string(text, f"{text_field} (text)", settings))
-
 
 def _refuse_unknown(obj: dict[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
     unknown = [key for key in obj if key not in allowed]

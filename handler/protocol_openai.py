@@ -30,8 +30,9 @@ EMBEDDINGS_PATHS = ("v1/embeddings", "embeddings")
 MODELS_PATHS = ("v1/models", "models")
 _KEYS = ("model", "input", "encoding_format", "dimensions", "user", "instruction")
 _ENCODINGS = ("float", "base64")
-# Which request field an error is about, for the "param" of OpenAI's error body: the first field named.
-_PARAM = re.compile(r"'?\b(" + "|".join(_KEYS) + r")\b")
+# Which request field an error is about, for the "param" of OpenAI's error body: every message of this
+# module's parser starts with the field it is about ('input' ..., input[3] ..., unknown field 'prompt' ...).
+_PARAM = re.compile(r"^(?:unknown field )?'?([A-Za-z_]+)\b")
 _TOKENS_HINT = ("token arrays are not accepted: send text (this model has its own tokenizer; LangChain's "
                 "OpenAIEmbeddings sends tokens unless check_embedding_ctx_length=False)")
 
@@ -109,6 +110,7 @@ def render_error(error: ServiceError) -> bytes:
     else:
         kind = "invalid_request_error" if error.status < 500 else "server_error"
         code = error.type
-        match = _PARAM.search(error.message)
-        param = match.group(1) if match and error.status < 500 else None
+        match = _PARAM.match(error.message)
+        known = match is not None and (match.group(1) in _KEYS or error.message.startswith("unknown field"))
+        param = match.group(1) if known and error.status < 500 else None
     return orjson.dumps({"error": {"message": error.message, "type": kind, "param": param, "code": code}})

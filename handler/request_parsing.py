@@ -105,8 +105,14 @@ def _parse_compact(body: dict[str, Any], settings: Settings) -> list[Pair]:
 
 
 def _checked_pair(item: list[Any], field: str, settings: Settings) -> Pair:
-    return (checked_string(item[0], f"{field}[0] (instruction)", settings),
-            checked_string(item[1], f"{field}[1] (sentence)", settings))
+    return checked_pair(item[0], item[1], f"{field}[0]", f"{field}[1]", settings, text_name="sentence")
+
+
+def checked_pair(instruction: Any, text: Any, instruction_field: str, text_field: str, settings: Settings,
+                 text_name: str = "text") -> Pair:
+    """An (instruction, text) pair of checked strings; errors name the field and its role."""
+    return (checked_string(instruction, f"{instruction_field} (instruction)", settings),
+            checked_string(text, f"{text_field} ({text_name})", settings))
 
 
 def checked_bool(value: Any, field: str) -> bool:
