@@ -12,7 +12,7 @@ from handler.errors import ServiceError
 
 ERROR_TYPES = [obj for _, obj in inspect.getmembers(errors, inspect.isclass)
                if issubclass(obj, ServiceError) and obj is not ServiceError]
-EXPECTED_STATUS = {"InvalidInput": 400, "PayloadTooLarge": 413, "InputTooLong": 422, "NothingToEmbed": 422,
+EXPECTED_STATUS = {"InvalidInput": 400, "NotFound": 404, "PayloadTooLarge": 413, "InputTooLong": 422, "NothingToEmbed": 422,
                    "InternalError": 500, "Overloaded": 503, "InsufficientMemory": 507}
 
 
