@@ -24,9 +24,8 @@ from handler.admission import BudgetKeeper, admit
 from handler.encoder import EncodeStats, InstructorEncoder, PendingEmbeddings, TokenizedPair, unpoolable
 from handler.errors import InputTooLong, InternalError, ServiceError
 from handler.lookahead import ahead
-from handler.protocols import ModelIdentity, Protocol, parse_body, protocol_of, render_error, render_response
+from handler.protocols import ModelIdentity, Protocol, parse_row, render_error, render_reply
 from handler.replies import DIMENSION_HEADER, JSON, TOKENS_HEADER, Wire, predicted_bytes, render, wire_of
-from handler.request_parsing import ParsedRequest
 from handler.request_state import RequestState
 from handler.settings import Settings
 from handler.ts_metrics import HandlerMetrics
@@ -45,18 +44,14 @@ class Worker:
     model: ModelIdentity
 
 
-def request_body(row: dict[str, Any]) -> Any:
-    """TorchServe puts the payload under "body" (or "data" for some clients)."""
-    body = row.get("body")
-    return row.get("data") if body is None else body
-
-
-def parse_call(body: Any, headers: Mapping[str, str], settings: Settings) -> tuple[ParsedRequest, Wire]:
-    """One request: its body (bytes as TorchServe delivers them, or decoded JSON) and its headers (lower-case
-    names; TorchServe adds ``url_path`` for routes under /predictions/<model>/...) -> the pairs and how to
-    answer. Raises a ServiceError naming the field at fault."""
-    request = parse_body(body, settings)
-    return request, wire_of(request.encoding_format, headers)
+def parse_call(row: dict[str, Any], headers: Mapping[str, str], worker: Worker) -> RequestState:
+    """One request: its row as TorchServe delivers it and its headers (lower-case names; TorchServe adds
+    ``url_path`` for routes under /predictions/<model>/...) -> its state: the pairs, the protocol it speaks and
+    how its vectors travel, or its error. Never raises a ServiceError."""
+    state = parse_row(row, headers, worker.settings, worker.model)
+    if state.request is not None and state.protocol is Protocol.NATIVE:
+        state.wire = wire_of(state.request.encoding_format, headers)
+    return state
 
 
 @dataclasses.dataclass
@@ -121,13 +116,7 @@ class DynamicBatch:
 
     def _parse(self, index: int, row: dict[str, Any]) -> RequestState:
         try:
-            request, wire = parse_call(request_body(row), self._headers(index), self.worker.settings)
-            return RequestState(request=request, wire=wire)
-        except ServiceError as error:
-            # Without its traceback: the frames hold the parsed body, and exception -> traceback -> frame ->
-            # exception is a cycle that only a full GC frees (measured: 16 refused 8 MB bodies of nested
-            # lists kept the worker at 3.3 GB until then).
-            return RequestState(error=error.with_traceback(None))
+            return parse_call(row, self._headers(index), self.worker)
         except Exception:
             log.exception("unexpected failure parsing request %s", self._request_id(index))
             return RequestState(error=self._internal_error(index))
@@ -140,7 +129,7 @@ class DynamicBatch:
         return {str(name).lower(): value if isinstance(value, str) else str(value) for name, value in headers.items()}
 
     def _reply_bytes(self, state: RequestState) -> int:
-        wire = state.wire if protocol_of(state.request) is Protocol.NATIVE else Wire.FLOAT
+        wire = state.wire if state.protocol is Protocol.NATIVE else Wire.FLOAT
         return predicted_bytes(wire, len(state.request.pairs), self.worker.encoder.dimension)
 
     def _chunks(self) -> list[list[int]]:
@@ -235,14 +224,18 @@ class DynamicBatch:
 
     def _render(self, index: int) -> None:
         state = self.states[index]
-        protocol = protocol_of(state.request, state.error)  # KServe v1/v2 bodies get KServe's shapes
+        protocol = state.protocol  # the route's, then the body's: each answer in the protocol it was asked in
         try:
-            if state.error is not None or state.vectors is None:
+            if state.reply is None and (state.error is not None or state.vectors is None):
                 self.replies[index] = self._error_reply(index, state.error or self._internal_error(index), protocol)
                 return
-            self.context.set_response_header(index, TOKENS_HEADER, str(state.tokens))
-            if protocol is not Protocol.NATIVE:
-                body, content_type = render_response(state.request, state.vectors, self.worker.model), JSON
+            if state.request is not None:
+                self.context.set_response_header(index, TOKENS_HEADER, str(state.tokens))
+            if protocol is not Protocol.NATIVE:  # OpenAI and KServe answers, in their own shapes
+                reply = render_reply(state, self.worker.model)
+                body, content_type = reply.body, reply.content_type
+                for header, value in reply.headers.items():
+                    self.context.set_response_header(index, header, value)
             else:
                 body, content_type = render(state.vectors, state.request.single, state.wire)
                 if state.wire is Wire.RAW:

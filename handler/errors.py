@@ -38,6 +38,12 @@ class InvalidInput(ServiceError):
     status: ClassVar[int] = 400
 
 
+class NotFound(ServiceError):
+    """A route after /predictions/<name>/<version>/ that does not exist, or a request naming another model."""
+
+    status: ClassVar[int] = 404
+
+
 class PayloadTooLarge(ServiceError):
     """More pairs than max_pairs_per_request, a text longer than max_chars_per_text, or a request carrying
     more tokens than one dynamic batch may (max_batch_request_tokens)."""

@@ -36,6 +36,8 @@ class ParsedRequest:
     single: bool  # the flat {"inputs": [instruction, sentence]} form: answer with one flat vector
     truncate: bool
     encoding_format: str = "float"
+    request_id: str | None = None  # KServe v2 "id", echoed in the answer
+    binary_output: bool = False  # KServe v2 binary tensor extension: raw float32 after a JSON header
 
 
 def parse_request(body: Any, settings: Settings) -> ParsedRequest:
@@ -103,8 +105,14 @@ def _parse_compact(body: dict[str, Any], settings: Settings) -> list[Pair]:
 
 
 def _checked_pair(item: list[Any], field: str, settings: Settings) -> Pair:
-    return (checked_string(item[0], f"{field}[0] (instruction)", settings),
-            checked_string(item[1], f"{field}[1] (sentence)", settings))
+    return checked_pair(item[0], item[1], f"{field}[0]", f"{field}[1]", settings, text_name="sentence")
+
+
+def checked_pair(instruction: Any, text: Any, instruction_field: str, text_field: str, settings: Settings,
+                 text_name: str = "text") -> Pair:
+    """An (instruction, text) pair of checked strings; errors name the field and its role."""
+    return (checked_string(instruction, f"{instruction_field} (instruction)", settings),
+            checked_string(text, f"{text_field} ({text_name})", settings))
 
 
 def checked_bool(value: Any, field: str) -> bool:
@@ -148,7 +156,7 @@ def check_count(count: int, field: str, settings: Settings) -> None:
 
 
 def decode_json(raw: bytes | bytearray | memoryview | str) -> Any:
-    """A raw body decoded once, with the garbage collector paused; InvalidInput if it is empty or not JSON."""
+    """Decode a raw body (InvalidInput if empty or not JSON), with the collector paused."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8", errors="surrogatepass")
     if not raw or not bytes(raw).strip():

@@ -8,6 +8,7 @@ import numpy as np
 
 from handler.encoder import TokenizedPair
 from handler.errors import ServiceError
+from handler.protocol_types import Protocol, Reply
 from handler.replies import Wire
 from handler.request_parsing import ParsedRequest
 
@@ -21,6 +22,8 @@ class RequestState:
     items: list[TokenizedPair] = dataclasses.field(default_factory=list)
     vectors: np.ndarray | None = None
     error: ServiceError | None = None
+    protocol: Protocol = Protocol.NATIVE  # what the answer (or the error) is rendered in
+    reply: Reply | None = None  # an answer made at parse time, with nothing to embed (OpenAI's model list)
 
     @property
     def ready(self) -> bool:

@@ -86,6 +86,8 @@ class Settings:
     cuda_graphs: bool = True
     graph_max_rows: int = 128
     graph_max_tokens: int = 8192
+    # The instruction of OpenAI embeddings requests that send none ("": plain text, 1.0.1's encode([text])).
+    default_instruction: str = ""
 
     def __post_init__(self) -> None:
         positive = ("max_batch_tokens", "max_batch_rows", "max_pairs_per_request", "max_chars_per_text",
@@ -171,6 +173,10 @@ def _coerce(field: dataclasses.Field, value: Any) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise SettingsError(f"setting '{name}' must be an integer; got {value!r}") from None
+    if name == "default_instruction":  # the one string setting that may be empty
+        if not isinstance(value, str):
+            raise SettingsError(f"setting '{name}' must be a string; got {value!r}")
+        return value
     if isinstance(default, str):
         if not isinstance(value, str) or not value:
             raise SettingsError(f"setting '{name}' must be a non-empty string; got {value!r}")

@@ -22,11 +22,11 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler.admission import BudgetKeeper
-from handler.dynamic_batch import DynamicBatch, Worker, internal_error, request_body
+from handler.dynamic_batch import DynamicBatch, Worker, internal_error
 from handler.encoder import InstructorEncoder
 from handler.memory import release_after
 from handler.model_directory import ARCHIVE_MODEL_SUBDIR
-from handler.protocols import ModelIdentity, Protocol, render_error
+from handler.protocols import ModelIdentity, Protocol, render_error, request_body
 from handler.replies import JSON, Wire, predicted_bytes
 from handler.settings import Settings
 from handler.ts_metrics import HandlerMetrics
@@ -86,7 +86,7 @@ class InstructorHandler(BaseHandler):
         largest_reply = predicted_bytes(Wire.FLOAT, settings.max_pairs_per_request, encoder.dimension)
         budgets = BudgetKeeper(encoder, settings, timeout, largest_reply)
         self.worker = Worker(encoder, settings, budgets, HandlerMetrics(context.metrics, context.model_name),
-                             ModelIdentity.from_context(context))
+                             ModelIdentity.from_context(context, encoder.dimension))
         # The model, torch and transformers leave hundreds of thousands of long-lived objects that every full
         # garbage collection would walk again (0.66 s each with the demo model, measured on a 2-core VM): set
         # them aside.

@@ -73,11 +73,11 @@ def paths_of_this_machine() -> re.Pattern[str]:
     temporary folders, the folders beside the checkout (named as a relative path, e.g. notes kept next to it),
     and anyone's home directory. /home/model-server is the container images' own home, defined in docker/."""
     here = [f"{REPO.parent}/", f"{Path.home()}/", f"{Path(tempfile.gettempdir()) / 'pytest'}"]
-    repo_names = {part for name in tracked_files() for part in Path(name).parts}
-    beside = [p.name for p in REPO.parent.iterdir()
-              if p.is_dir() and p != REPO and len(p.name) >= 4 and p.name not in repo_names]
+    beside = [p.name for p in REPO.parent.iterdir() if p.is_dir() and p != REPO]
     alternatives = [re.escape(path) for path in here if path not in ("/", "//")]
-    alternatives += [rf"(?<![\w.-]){re.escape(name)}/" for name in beside]
+    # Only as a path out of the checkout (../name/): a bare "logs/" is this project's own folder, whatever
+    # happens to sit beside the checkout.
+    alternatives += [rf"\.\./{re.escape(name)}/" for name in beside]
     alternatives.append(r"/home/(?!model-server)[a-z]")
     return re.compile("|".join(alternatives))
 

@@ -178,7 +178,10 @@ def test_tritonclient_speaks_the_open_inference_protocol_to_it(server, reference
 
     binary = triton.InferInput("pairs", [1, 2], "BYTES")
     binary.set_data_from_numpy(np.array([pairs[0]], dtype=object), binary_data=True)  # the binary extension
-    with pytest.raises(InferenceServerException) as caught:
+    assert np.abs(client.infer(NAME, [binary], headers=headers).as_numpy("embedding") - want[:1]).max() <= 1e-5
+    binary = triton.InferInput("pairs", [2, 1], "BYTES")
+    binary.set_data_from_numpy(np.array([pairs[0]], dtype=object).reshape(2, 1), binary_data=True)
+    with pytest.raises(InferenceServerException) as caught:  # [2, 1] is not [n, 2]
         client.infer(NAME, [binary], headers=headers)
-    assert caught.value.status() == "400" and "binary" in caught.value.message()
+    assert caught.value.status() == "400" and "inputs[0].shape" in caught.value.message()
     client.close()

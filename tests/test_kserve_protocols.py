@@ -1,25 +1,36 @@
-"""KServe v1/v2 bodies parse into the same pairs as the native forms; every bad body names its field."""
+"""KServe v1/v2 bodies parse (once) into the same pairs as the native forms; every bad body names its field."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import struct
 
 import numpy as np
 import orjson
 import pytest
 
-from handler.errors import InvalidInput, PayloadTooLarge, ServiceError
-from handler.protocols import (
-    ModelIdentity,
-    Protocol,
-    ProtocolRequest,
-    detect,
-    parse_body,
-    protocol_of,
-    render_error,
-    render_response,
-)
+from handler.errors import InvalidInput, NotFound, PayloadTooLarge
+from handler.protocol_kserve import detect
+from handler.protocols import ModelIdentity, Protocol, parse_row, render_error, render_reply
+from handler.request_state import RequestState
 from handler.settings import Settings
+
+MODEL = ModelIdentity("tiny", "1.0", 3)
+# What TorchServe adds on /v1/models/<name>:predict and /v2/models/<name>/infer: "explain", no url_path.
+KSERVE_ROUTE = {"explain": "False"}
+OTHER_ROUTE: dict[str, str] = {}  # /invocations, /models/<name>/invoke: no header at all
+
+
+def parse(body, headers=None) -> RequestState:
+    return parse_row({"body": body}, KSERVE_ROUTE if headers is None else headers, SETTINGS, MODEL)
+
+
+def parsed(body, headers=None):
+    state = parse(body, headers)
+    assert state.error is None, state.error
+    return state
+
 
 SETTINGS = Settings(max_pairs_per_request=4, max_chars_per_text=50)
 PAIRS = [("Represent the title:", "a"), ("", "b"), ("Represent the question:", "c")]
@@ -48,33 +59,93 @@ GOOD = {
 
 @pytest.mark.parametrize("body,protocol", GOOD.values(), ids=GOOD.keys())
 def test_every_protocol_form_yields_the_same_pairs(body, protocol):
-    parsed = parse_body(body, SETTINGS)
-    assert isinstance(parsed, ProtocolRequest) and parsed.protocol is protocol
-    assert parsed.pairs == PAIRS and not parsed.single and parsed.truncate
+    state = parsed(body)
+    assert state.protocol is protocol
+    assert state.request.pairs == PAIRS and not state.request.single and state.request.truncate
 
 
-def test_native_forms_are_left_to_the_native_parser():
+def test_native_forms_are_native_on_the_routes_that_do_not_say():
     for body in ({"inputs": ["a", "b"]}, {"inputs": [["a", "b"]]}, {"instruction": "a", "sentences": ["b"]}):
-        parsed = parse_body(body, SETTINGS)
-        assert type(parsed) is not ProtocolRequest and protocol_of(parsed) is Protocol.NATIVE
-    assert parse_body({"inputs": ["a", "b"]}, SETTINGS).single
+        assert parsed(body, OTHER_ROUTE).protocol is Protocol.NATIVE
+    assert parsed({"inputs": ["a", "b"]}, OTHER_ROUTE).request.single
+    assert parsed({"instances": [["a", "x"]]}, OTHER_ROUTE).protocol is Protocol.V1
+
+
+def test_on_the_kserve_routes_a_native_body_gets_a_v2_error():
+    state = parse({"inputs": [["a", "x"]]})
+    assert state.protocol is Protocol.V2 and "inputs[0] must be a tensor object" in state.error.message
+    assert orjson.loads(render_error(state.error, state.protocol)) == {"error": state.error.message}
+    unreadable = parse(b"{not json")
+    assert unreadable.protocol is Protocol.V2 and list(orjson.loads(render_error(unreadable.error, Protocol.V2))) == [
+        "error"]
+
+
+def test_on_predictions_the_route_decides_not_the_body():
+    """/predictions/<name> (url_path "") speaks only the native forms: a KServe body there is refused natively."""
+    state = parse({"instances": [["a", "x"]]}, {"url_path": ""})
+    assert state.protocol is Protocol.NATIVE and "unknown field 'instances'" in state.error.message
+    assert set(orjson.loads(render_error(state.error, state.protocol))) == {"code", "type", "message"}
+
+
+def test_model_name_in_the_body_is_accepted_when_it_is_this_model():
+    """The kserve package's InferRequest sends model_name (and model_version) in the body."""
+    assert parsed(v2_pairs([["a", "x"]], [1, 2], model_name="tiny", model_version="1.0")).request.pairs == [("a", "x")]
+    state = parse(v2_pairs([["a", "x"]], [1, 2], model_name="other"))
+    assert isinstance(state.error, NotFound) and "'model_name' is 'other'" in state.error.message
+    assert orjson.loads(render_error(state.error, state.protocol)) == {"error": state.error.message}
+
+
+def binary_body(rows, **extra) -> tuple[bytes, dict[str, str]]:
+    """What tritonclient sends by default: a JSON header, then each BYTES element as <uint32 length><utf-8>."""
+    raw = b"".join(struct.pack("<I", len(s.encode())) + s.encode() for row in rows for s in row)
+    header = json.dumps({"inputs": [{"name": "pairs", "datatype": "BYTES", "shape": [len(rows), 2],
+                                     "parameters": {"binary_data_size": len(raw)}}], **extra}).encode()
+    return header + raw, {"Inference-Header-Content-Length": str(len(header))}
+
+
+def test_the_binary_tensor_extension_carries_the_same_pairs_and_asks_for_raw_float32():
+    body, headers = binary_body([*PAIRS, ("", "héllo ✓")], parameters={"binary_data_output": True})
+    state = parsed(body, headers)
+    assert state.protocol is Protocol.V2 and state.request.pairs == [*PAIRS, ("", "héllo ✓")]
+    vectors = np.arange(12, dtype=np.float32).reshape(4, 3) / 7
+    reply = render_reply(dataclasses.replace(state, vectors=vectors), MODEL)
+    length = int(reply.headers["Inference-Header-Content-Length"])
+    header = orjson.loads(reply.body[:length])
+    assert reply.content_type == "application/octet-stream"
+    assert header["outputs"][0]["parameters"] == {"binary_data_size": 48} and "data" not in header["outputs"][0]
+    np.testing.assert_array_equal(np.frombuffer(reply.body[length:], "<f4").reshape(4, 3), vectors)
+
+
+BINARY_BAD = {
+    "length past the body": (lambda b, h: (b, {**h, "Inference-Header-Content-Length": str(len(b) + 1)}),
+                             "Inference-Header-Content-Length is"),
+    "truncated tensor": (lambda b, h: (b[:-2], h), "binary_data_size is"),
+    "trailing bytes": (lambda b, h: (b + b"xx", h), "2 bytes after its tensors"),
+    "not a number": (lambda b, h: (b, {**h, "Inference-Header-Content-Length": "x"}), "must be an integer"),
+}
+
+
+@pytest.mark.parametrize("mangle,message", BINARY_BAD.values(), ids=BINARY_BAD.keys())
+def test_broken_binary_bodies_get_a_v2_400(mangle, message):
+    state = parse(*mangle(*binary_body(PAIRS)))
+    assert state.protocol is Protocol.V2 and type(state.error) is InvalidInput and message in state.error.message
+
 
 
 def test_one_instruction_of_shape_1_applies_to_every_text():
-    parsed = parse_body(v2_named(["Represent:"], ["x", "y"]), SETTINGS)
-    assert parsed.pairs == [("Represent:", "x"), ("Represent:", "y")]
+    assert parsed(v2_named(["Represent:"], ["x", "y"])).request.pairs == [("Represent:", "x"), ("Represent:", "y")]
 
 
 def test_v1_object_without_instruction_is_plain_text_and_truncate_is_honoured():
-    assert parse_body({"instances": [{"text": "x"}]}, SETTINGS).pairs == [("", "x")]
-    assert not parse_body({"instances": [["a", "x"]], "truncate": False}, SETTINGS).truncate
-    assert not parse_body(v2_pairs([["a", "x"]], [1, 2], parameters={"truncate": False}), SETTINGS).truncate
+    assert parsed({"instances": [{"text": "x"}]}).request.pairs == [("", "x")]
+    assert not parsed({"instances": [["a", "x"]], "truncate": False}).request.truncate
+    assert not parsed(v2_pairs([["a", "x"]], [1, 2], parameters={"truncate": False})).request.truncate
 
 
 def test_v2_id_and_requested_json_output_are_accepted():
     body = v2_pairs([["a", "x"]], [1, 2], id="req-7",
                     outputs=[{"name": "embedding", "parameters": {"binary_data": False}}])
-    assert parse_body(body, SETTINGS).request_id == "req-7"
+    assert parsed(body).request.request_id == "req-7" and not parsed(body).request.binary_output
 
 
 BAD = {
@@ -101,11 +172,10 @@ BAD = {
                    "inputs[0].data must be a list"),
     "v2 tensor key": ({"inputs": [{"name": "p", "datatype": "BYTES", "shape": [1, 2], "data": ["a", "b"],
                                    "contents": {}}]}, InvalidInput, "unknown field inputs[0].contents"),
-    "v2 binary input": ({"inputs": [{"name": "p", "datatype": "BYTES", "shape": [1, 2], "data": ["a", "b"],
-                                     "parameters": {"binary_data_size": 10}}]}, InvalidInput,
-                        "inputs[0].parameters: binary"),
-    "v2 binary output": (v2_pairs(["a", "b"], [1, 2], parameters={"binary_data_output": True}), InvalidInput,
-                         "parameters.binary_data_output"),
+    "v2 binary input without header": ({"inputs": [{"name": "p", "datatype": "BYTES", "shape": [1, 2],
+                                                    "data": ["a", "b"], "parameters": {"binary_data_size": 10}}]},
+                                       InvalidInput, "needs the header Inference-Header-Content-Length"),
+    "v2 shape bigger than data": (v2_pairs(["a", "b"], [1000, 2]), InvalidInput, "inputs[0].data has 2 elements"),
     "v2 other output": (v2_pairs(["a", "b"], [1, 2], outputs=[{"name": "logits"}]), InvalidInput,
                         "outputs[0].name must be 'embedding'"),
     "v2 id type": (v2_pairs(["a", "b"], [1, 2], id=5), InvalidInput, "'id' must be a string"),
@@ -119,28 +189,30 @@ BAD = {
     "v2 too many": (v2_pairs([["a", "b"]] * 5, [5, 2]), PayloadTooLarge, "'inputs[0].shape[0]' has 5 items"),
     "v2 too long": (v2_named(["a" * 51], ["b"]), PayloadTooLarge, "inputs[0].data[0] (instruction) has 51"),
     "v2 top-level key": (v2_pairs(["a", "b"], [1, 2], model="x"), InvalidInput, "unknown field model"),
-    "v2 binary extension": (json.dumps(v2_pairs([], [1, 2])).encode() + b"\x05\x00\x00\x00hello", InvalidInput,
-                            "binary tensor data"),
 }
 
 
 @pytest.mark.parametrize("body,error_type,message", BAD.values(), ids=BAD.keys())
 def test_bad_kserve_bodies_are_refused_in_kserve_shape_naming_the_field(body, error_type, message):
-    with pytest.raises(ServiceError) as caught:
-        parse_body(body, SETTINGS)
-    error = caught.value
+    state = parse(body)
+    error = state.error
     assert type(error) is error_type and message in error.message, error.message
-    protocol = protocol_of(None, error)
-    assert protocol in (Protocol.V1, Protocol.V2)
-    assert orjson.loads(render_error(error, protocol)) == {"error": error.message}
+    assert state.protocol in (Protocol.V1, Protocol.V2)
+    assert orjson.loads(render_error(error, state.protocol)) == {"error": error.message}
     assert error.status in (400, 413)
 
 
 def test_a_bad_native_body_keeps_the_native_error_shape():
-    with pytest.raises(ServiceError) as caught:
-        parse_body(b"{not json", SETTINGS)
-    assert protocol_of(None, caught.value) is Protocol.NATIVE
-    assert set(orjson.loads(render_error(caught.value, Protocol.NATIVE))) == {"code", "type", "message"}
+    state = parse(b"{not json", {"url_path": ""})
+    assert state.protocol is Protocol.NATIVE
+    assert set(orjson.loads(render_error(state.error, Protocol.NATIVE))) == {"code", "type", "message"}
+
+
+def test_an_unreadable_body_on_a_route_that_does_not_say_gets_both_error_shapes():
+    state = parse(b"{not json", OTHER_ROUTE)
+    assert state.protocol is Protocol.UNKNOWN
+    body = orjson.loads(render_error(state.error, state.protocol))
+    assert body["error"] == body["message"] and body["code"] == 400 and "not valid JSON" in body["error"]
 
 
 def test_detect_by_shape():
@@ -148,20 +220,20 @@ def test_detect_by_shape():
     assert detect({"inputs": [{"name": "x"}]}) is Protocol.V2
     assert detect({"inputs": "oops", "id": "1"}) is Protocol.V2
     assert detect({"inputs": ["a", "b"]}) is Protocol.NATIVE
-    assert detect([1]) is Protocol.NATIVE
+    assert detect([1]) is Protocol.UNKNOWN
 
 
 def test_responses_have_each_protocols_shape_and_exact_floats():
     vectors = np.array([[0.1, -0.2, 0.3], [1 / 3, 2 / 3, 1.0]], dtype=np.float32)
     model = ModelIdentity("tiny", "1.0")
-    v1 = parse_body({"instances": [["a", "x"], ["b", "y"]]}, SETTINGS)
-    predictions = orjson.loads(render_response(v1, vectors, model))["predictions"]
+    v1 = dataclasses.replace(parsed({"instances": [["a", "x"], ["b", "y"]]}), vectors=vectors)
+    predictions = orjson.loads(render_reply(v1, model).body)["predictions"]
     np.testing.assert_array_equal(np.array(predictions, dtype=np.float32), vectors)  # float32 round-trips
-    v2 = parse_body(v2_pairs([["a", "x"], ["b", "y"]], [2, 2], id="abc"), SETTINGS)
-    out = orjson.loads(render_response(v2, vectors, model))
+    v2 = dataclasses.replace(parsed(v2_pairs([["a", "x"], ["b", "y"]], [2, 2], id="abc")), vectors=vectors)
+    out = orjson.loads(render_reply(v2, model).body)
     assert out["model_name"] == "tiny" and out["model_version"] == "1.0" and out["id"] == "abc"
     (tensor,) = out["outputs"]
     assert tensor["name"] == "embedding" and tensor["datatype"] == "FP32" and tensor["shape"] == [2, 3]
     np.testing.assert_array_equal(np.array(tensor["data"], dtype=np.float32).reshape(2, 3), vectors)
-    no_version = orjson.loads(render_response(v2, vectors, ModelIdentity("tiny")))
+    no_version = orjson.loads(render_reply(v2, ModelIdentity("tiny")).body)
     assert "model_version" not in no_version

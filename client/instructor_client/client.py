@@ -229,6 +229,12 @@ class InstructorClient(_ClientBase):
         """The vector of one ``(instruction, text)`` pair."""
         return self.embed([(instruction, text)])[0]
 
+    def encode(self, sentences: Any, **options: Any) -> Any:
+        """``INSTRUCTOR.encode`` / ``SentenceTransformer.encode`` as their users call it (instructor_client.encode)."""
+        from instructor_client.encode import encode
+
+        return encode(self, sentences, **options)
+
     def embed(self, pairs: Iterable[Sequence[str]], *, batch_size: int | None = None,
               concurrency: int | str | None = None, progress: bool = False) -> Embeddings:
         """Vectors of ``pairs`` (``(instruction, text)``), in input order, with ``.tokens``.
@@ -327,6 +333,12 @@ class AsyncInstructorClient(_ClientBase):
     async def embed_one(self, instruction: str, text: str) -> Vector:
         """The vector of one ``(instruction, text)`` pair."""
         return (await self.embed([(instruction, text)]))[0]
+
+    async def encode(self, sentences: Any, **options: Any) -> Any:
+        """``InstructorClient.encode``, awaited."""
+        from instructor_client.encode import aencode
+
+        return await aencode(self, sentences, **options)
 
     async def embed(self, pairs: Iterable[Sequence[str]], *, batch_size: int | None = None,
                     concurrency: int | str | None = None, progress: bool = False) -> Embeddings:

@@ -52,8 +52,9 @@ def _add_setting_flags(parser: argparse.ArgumentParser, settings_class: type | N
             group.add_argument(flag, dest=field.name, metavar="|".join(choices),
                                help=f"(handler default: {default.value})")
         else:
-            shown = "the model's" if default is None else default
-            group.add_argument(flag, dest=field.name, metavar="N",
+            text = isinstance(default, str)  # default_instruction: free text, empty by default
+            shown = "the model's" if default is None else repr(default) if text else default
+            group.add_argument(flag, dest=field.name, metavar="TEXT" if text else "N",
                                help=f"(handler default: {shown})")
         names.append(field.name)
     return names
