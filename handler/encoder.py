@@ -23,6 +23,7 @@ import torch
 
 from handler.acceleration import accelerate
 from handler.batching import padded_slots, plan_micro_batches
+from handler.chunks import FIRST_CHUNK_PAIRS, chunk_offsets
 from handler.errors import InsufficientMemory, NothingToEmbed
 from handler.model_directory import ModelDirectory, load_dense_layers, read_model_directory
 from handler.settings import InstructionMode, Precision, Settings, SettingsError
@@ -165,13 +166,14 @@ class InstructorEncoder:
         token_counts: list[int] = []
         truncated: list[bool] = []
         pending: list[tuple[list[int], torch.Tensor]] = []
-        offsets = list(range(0, len(pairs), chunk_pairs))
+        spans = chunk_offsets(len(pairs), chunk_pairs, min(chunk_pairs, FIRST_CHUNK_PAIRS))
+        offsets = [start for start, _ in spans]
         pool = ThreadPoolExecutor(max_workers=1) if len(offsets) > 1 else None
         try:
             if pool is None:
                 tokenized = iter([self.tokenize(pairs)])
             else:
-                futures = [pool.submit(self.tokenize, pairs[offset:offset + chunk_pairs]) for offset in offsets]
+                futures = [pool.submit(self.tokenize, pairs[start:end]) for start, end in spans]
                 tokenized = (future.result() for future in futures)
             with torch.inference_mode():
                 for offset, items in zip(offsets, tokenized, strict=False):
