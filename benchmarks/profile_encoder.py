@@ -39,16 +39,29 @@ from handler.batching import plan_micro_batches
 from handler.encoder import InstructorEncoder, TokenizedPair
 from handler.settings import Settings
 
-# name -> (Settings overrides, row buckets, SDPA backends or None, first bulk chunk)
-VARIANTS: dict[str, tuple[dict[str, Any], tuple[int, ...], tuple[str, ...] | None, int]] = {
-    "default": ({}, acceleration.COARSE_ROW_BUCKETS, None, 256),
-    "chunk2048": ({}, acceleration.COARSE_ROW_BUCKETS, None, 2048),
-    "efficient": ({}, acceleration.COARSE_ROW_BUCKETS, ("EFFICIENT_ATTENTION",), 256),
-    "cudnn": ({}, acceleration.COARSE_ROW_BUCKETS, ("CUDNN_ATTENTION",), 256),
-    "fine": ({}, acceleration.FINE_ROW_BUCKETS, None, 256),
-    "graphs16k": ({"graph_max_tokens": 16384}, acceleration.COARSE_ROW_BUCKETS, None, 256),
-    "fine16k": ({"graph_max_tokens": 16384}, acceleration.FINE_ROW_BUCKETS, None, 256),
-    "tokens32k": ({"max_batch_tokens": 32768, "max_batch_rows": 256}, acceleration.COARSE_ROW_BUCKETS, None, 256),
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One encoder configuration to time."""
+
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # Settings fields
+    buckets: tuple[int, ...] = acceleration.COARSE_ROW_BUCKETS  # graph row buckets
+    backends: tuple[str, ...] | None = None  # SDPA kernels of the padded forward (None: SDPA chooses)
+    first_chunk: int = 256  # encode's first chunk of pairs
+    pack_min_rows: int | None = acceleration.PACK_MIN_ROWS  # None: never packed
+    packed_backends: tuple[str, ...] | None = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+
+
+VARIANTS: dict[str, Variant] = {
+    "before": Variant(first_chunk=2048, pack_min_rows=None),  # the code before this work
+    "padded": Variant(pack_min_rows=None),
+    "padded_efficient": Variant(pack_min_rows=None, backends=("EFFICIENT_ATTENTION",)),
+    "padded_fine16k": Variant(pack_min_rows=None, buckets=acceleration.FINE_ROW_BUCKETS,
+                              overrides={"graph_max_tokens": 16384}),
+    "packed": Variant(),
+    "packed_cudnn": Variant(packed_backends=None),
+    "packed_min4": Variant(pack_min_rows=4),
+    "packed_32k": Variant(overrides={"max_batch_tokens": 32768, "max_batch_rows": 256}),
 }
 
 CATEGORIES = (
@@ -211,14 +224,22 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def build(model_dir: Path, device: str, name: str) -> InstructorEncoder:
-    overrides, buckets, backends, first_chunk = VARIANTS[name]
-    acceleration.set_row_buckets(buckets)
-    encoder_module.FIRST_CHUNK_PAIRS = first_chunk
-    encoder = InstructorEncoder(model_dir, Settings.from_sources({"warmup": False, **overrides}, environ={}), device)
-    if encoder._accelerated is not None and backends is not None:
-        from torch.nn.attention import SDPBackend
+    from torch.nn.attention import SDPBackend
 
-        encoder._accelerated.attention_backends = [getattr(SDPBackend, b) for b in backends]
+    variant = VARIANTS[name]
+    acceleration.set_row_buckets(variant.buckets)
+    acceleration.PACK_MIN_ROWS = variant.pack_min_rows
+    encoder_module.FIRST_CHUNK_PAIRS = variant.first_chunk
+    settings = Settings.from_sources({"warmup": False, **variant.overrides}, environ={})
+    encoder = InstructorEncoder(model_dir, settings, device)
+    fast = encoder._accelerated
+    if fast is not None:
+        if variant.backends is not None:
+            fast.attention_backends = [getattr(SDPBackend, b) for b in variant.backends]
+        fast.packed_attention_backends = None if variant.packed_backends is None else \
+            [getattr(SDPBackend, b) for b in variant.packed_backends]
+        print(f"  {name}: packing {'off' if fast.pack_min_rows is None else f'from {fast.pack_min_rows} rows'}",
+              flush=True)
     encoder.warmup()
     return encoder
 
@@ -250,6 +271,9 @@ def time_variant(encoder: InstructorEncoder, name: str, pairs: list[tuple[str, s
     slot_fn = fast.compute_slots if fast is not None else encoder_module.padded_slots
     for batch in batches:  # tokens the 64-pair calls really computed (graph buckets included)
         lengths = [len(i.input_ids) for i in batch]
+        if fast is not None and fast.packs(len(batch)):
+            slots += sum(lengths)
+            continue
         plan = plan_micro_batches(lengths, encoder.settings.max_batch_tokens, encoder.settings.max_batch_rows,
                                   encoder_module._BATCH_OVERHEAD_TOKENS.get(encoder.device.type, 0), slot_fn)
         for rows in plan:
@@ -270,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant (default: 3)")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"encoder variants, first is the reference ({', '.join(VARIANTS)})")
-    parser.add_argument("--no-profile", action="store_true", help="skip ceilings, kernel profiles, attention")
+    parser.add_argument("--profile", default="before,packed",
+                        help="variants to profile kernel by kernel (the first also measures the ceilings and the "
+                             "attention kernels; default: before,packed; '' for none)")
     parser.add_argument("--out", type=Path, help="folder for kernel tables and traces")
     args = parser.parse_args(argv)
     on_cuda = args.device.startswith("cuda")
@@ -284,16 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.shape} on {results.card_description(args.device)}; {results.software()}", flush=True)
 
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    profiled = {n.strip() for n in args.profile.split(",") if n.strip()}
     started = time.perf_counter()
     encoder = build(model_dir, args.device, names[0])
     setup_s = time.perf_counter() - started
     items = encoder.tokenize(pairs)
-    if on_cuda and not args.no_profile:
-        try:
-            profile_section(encoder, items, shape, args.out)
-        except Exception:  # the variant timings below must still run
-            traceback.print_exc()
-
     table: list[VariantResult] = []
     reference: np.ndarray | None = None
     for index, name in enumerate(names):
@@ -308,8 +329,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"variant {name} failed to build: {exc!r}", flush=True)
                 continue
             setup_s = time.perf_counter() - started
-        with torch.inference_mode():
-            result, vectors = time_variant(encoder, name, pairs, items, args.repeats, setup_s, reference)
+        if on_cuda and name in profiled:
+            try:
+                profile_section(encoder, items, shape, args.out, name, first=not table)
+            except Exception:  # the variant timings must still run
+                traceback.print_exc()
+        try:
+            with torch.inference_mode():
+                result, vectors = time_variant(encoder, name, pairs, items, args.repeats, setup_s, reference)
+        except Exception:  # one broken variant must not lose the others' figures
+            traceback.print_exc()
+            continue
         if reference is None:
             reference = vectors
         table.append(result)
@@ -322,16 +352,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def profile_section(encoder: InstructorEncoder, items: list[TokenizedPair], shape: Any, out: Path | None) -> None:
-    print(results.markdown_table(["ceiling", "measured"], ceilings()), flush=True)
+def profile_section(encoder: InstructorEncoder, items: list[TokenizedPair], shape: Any, out: Path | None,
+                    name: str, first: bool) -> None:
+    if first:
+        print(results.markdown_table(["ceiling", "measured"], ceilings()), flush=True)
     batch = bulk_batch(encoder, items)
     length = max(len(i.input_ids) for i in batch)
     real = sum(len(i.input_ids) for i in batch)
     with torch.inference_mode():
-        bulk_rows, bulk_kernels, bulk_wall = kernel_profile(lambda: encoder._forward(batch), "bulk", out)
+        bulk_rows, bulk_kernels, bulk_wall = kernel_profile(lambda: encoder._forward(batch), f"{name}_bulk", out)
         flops = sum(len(i.input_ids) * shape.flops_per_token(len(i.input_ids)) for i in batch)
         b64 = items[:64]
-        b64_rows, b64_kernels, b64_wall = kernel_profile(lambda: encoder.embed(b64), "batch64", out)
+        b64_rows, b64_kernels, b64_wall = kernel_profile(lambda: encoder.embed(b64), f"{name}_batch64", out)
         flops64 = sum(len(i.input_ids) * shape.flops_per_token(len(i.input_ids)) for i in b64)
         plan_s = statistics.median(
             [timed_plan(encoder, [len(i.input_ids) for i in b64]) for _ in range(20)])
@@ -344,9 +376,10 @@ def profile_section(encoder: InstructorEncoder, items: list[TokenizedPair], shap
           f"{100 * flops64 / b64_kernels / results.BF16_CEILING_FLOPS:.1f}% of the ceiling, wall "
           f"{1000 * b64_wall:.2f} ms ({100 * flops64 / b64_wall / results.BF16_CEILING_FLOPS:.1f}%), "
           f"planner alone {1000 * plan_s:.2f} ms", flush=True)
-    with torch.inference_mode():
-        print(results.markdown_table(["attention", "shape", "us", "TFLOP/s"], attention_table(encoder, batch)),
-              flush=True)
+    if first:
+        with torch.inference_mode():
+            print(results.markdown_table(["attention", "shape", "us", "TFLOP/s"], attention_table(encoder, batch)),
+                  flush=True)
 
 
 def timed_plan(encoder: InstructorEncoder, lengths: list[int]) -> float:
