@@ -303,7 +303,8 @@ class FastT5Encoder:
         biases = [self._attention_bias(mask, length)
                   for (_, _, length), mask in zip(packed.groups, packed.group_masks, strict=True)]
         # Row ``tokens`` stays zero: what the padding slots of the attention groups gather.
-        qkv = torch.zeros(tokens + 1, 3 * inner, dtype=self.dtype, device=self.device)
+        qkv = torch.empty(tokens + 1, 3 * inner, dtype=self.dtype, device=self.device)
+        qkv[tokens].zero_()
         attended = torch.empty(packed.gather.numel(), inner, dtype=self.dtype, device=self.device)
         backends = contextlib.nullcontext() if self.packed_attention_backends is None else \
             sdpa_kernel(list(self.packed_attention_backends))
