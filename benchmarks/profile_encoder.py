@@ -151,7 +151,7 @@ def bulk_batch(encoder: InstructorEncoder, items: list[TokenizedPair]) -> list[T
     return [items[i] for i in biggest]
 
 
-def attention_table(encoder: InstructorEncoder, batch: list[TokenizedPair]) -> list[list[Any]]:
+def attention_table(encoder: InstructorEncoder, batch: list[TokenizedPair], flex: bool) -> list[list[Any]]:
     """One layer's attention on the bulk batch's shape: SDPA's kernels, FlexAttention if it compiles."""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -176,6 +176,8 @@ def attention_table(encoder: InstructorEncoder, batch: list[TokenizedPair]) -> l
                           f"{flops / seconds / 1e12:.0f}"])
         except Exception as exc:
             table.append([f"SDPA {name}", f"{rows}x{length}", f"failed: {type(exc).__name__}", "-"])
+    if not flex:
+        return table
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -297,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="before,packed",
                         help="variants to profile kernel by kernel (the first also measures the ceilings and the "
                              "attention kernels; default: before,packed; '' for none)")
+    parser.add_argument("--flex", action="store_true",
+                        help="also time FlexAttention on the bulk shape (compiles it: tens of seconds)")
     parser.add_argument("--out", type=Path, help="folder for kernel tables and traces")
     args = parser.parse_args(argv)
     on_cuda = args.device.startswith("cuda")
@@ -331,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             setup_s = time.perf_counter() - started
         if on_cuda and name in profiled:
             try:
-                profile_section(encoder, items, shape, args.out, name, first=not table)
+                profile_section(encoder, items, shape, args.out, name, first=not table, flex=args.flex)
             except Exception:  # the variant timings must still run
                 traceback.print_exc()
         try:
@@ -353,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def profile_section(encoder: InstructorEncoder, items: list[TokenizedPair], shape: Any, out: Path | None,
-                    name: str, first: bool) -> None:
+                    name: str, first: bool, flex: bool) -> None:
     if first:
         print(results.markdown_table(["ceiling", "measured"], ceilings()), flush=True)
     batch = bulk_batch(encoder, items)
@@ -378,8 +382,8 @@ def profile_section(encoder: InstructorEncoder, items: list[TokenizedPair], shap
           f"planner alone {1000 * plan_s:.2f} ms", flush=True)
     if first:
         with torch.inference_mode():
-            print(results.markdown_table(["attention", "shape", "us", "TFLOP/s"], attention_table(encoder, batch)),
-                  flush=True)
+            table = attention_table(encoder, batch, flex)
+            print(results.markdown_table(["attention", "shape", "us", "TFLOP/s"], table), flush=True)
 
 
 def timed_plan(encoder: InstructorEncoder, lengths: list[int]) -> float:
