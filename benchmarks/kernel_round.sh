@@ -11,7 +11,7 @@ mkdir -p "$out"
 py="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=true
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader || true
-variants="${1:-before,packed,padded}"
+variants="${1:-before,packed}"
 "$py" -m benchmarks.bench_inprocess --shape large --pairs 4096 --seed-pairs 1024 --repeats 3 --seed-repeats 1 \
   --latency 50 --dynamic-batch 64 2>&1 | tee "$out/bench.log" || echo "bench_inprocess FAILED"
 cp benchmarks/RESULTS.md benchmarks/results.json "$out/" 2>/dev/null || true
