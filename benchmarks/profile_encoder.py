@@ -48,7 +48,7 @@ class Variant:
     buckets: tuple[int, ...] = acceleration.COARSE_ROW_BUCKETS  # graph row buckets
     backends: tuple[str, ...] | None = None  # SDPA kernels of the padded forward (None: SDPA chooses)
     first_chunk: int = 256  # encode's first chunk of pairs
-    pack_min_rows: int | None = acceleration.PACK_MIN_ROWS  # None: never packed
+    pack_min_rows: int | None = 16  # None: never packed
     packed_backends: tuple[str, ...] | None = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 
 
@@ -59,6 +59,7 @@ VARIANTS: dict[str, Variant] = {
     "padded_fine16k": Variant(pack_min_rows=None, buckets=acceleration.FINE_ROW_BUCKETS,
                               overrides={"graph_max_tokens": 16384}),
     "packed": Variant(),
+    "default": Variant(pack_min_rows=acceleration.PACK_MIN_ROWS),
     "packed_cudnn": Variant(packed_backends=None),
     "packed_min4": Variant(pack_min_rows=4),
     "packed_32k": Variant(overrides={"max_batch_tokens": 32768, "max_batch_rows": 256}),

@@ -77,9 +77,10 @@ def _bucket_length(length: int) -> int:
     return -(-length // step) * step
 
 
-# Micro-batches of at least this many rows run packed by default (handler/packing.py): below it, the padded
-# CUDA graphs (one launch) beat the packed forward's ~300 eager launches.
-PACK_MIN_ROWS = 16
+# Micro-batches of at least this many rows run packed (handler/packing.py); None: never. Off by default until
+# measured on a GPU (benchmarks/NOTES.md): the packed forward runs ~300 eager launches where the padded one
+# replays one CUDA graph. The candidate is 16 (below it the graphs surely win); benchmarks set it.
+PACK_MIN_ROWS: int | None = None
 
 
 # Relative error allowed between the fast and the Hugging Face forward on the probe batch: bf16 rounding through
