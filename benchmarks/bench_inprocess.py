@@ -32,8 +32,9 @@ from benchmarks import results
 from benchmarks.baseline_encode import BaselineEncoder
 from benchmarks.make_bench_model import SHAPES, make_model
 from benchmarks.workload import check_lengths, make_pairs
+from handler import acceleration
 from handler import encoder as encoder_module
-from handler.encoder import InstructorEncoder
+from handler.encoder import InstructorEncoder, TokenizedPair
 from handler.settings import Settings
 
 # Named acceleration variants: Settings fields (CUDA + bf16 only; on CPU every variant is the Hugging Face path).
@@ -101,6 +102,45 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum(axis=1).min())
 
 
+def real_text_pairs() -> list[tuple[str, str]]:
+    """The tests' reference corpus: real sentences, instructions, long and odd texts (tests/reference/cases.py)."""
+    from tests.reference.cases import PAIRS
+
+    return [(case.instruction, case.text) for case in PAIRS]
+
+
+def real_text_cosine(core: InstructorEncoder, seed: BaselineEncoder) -> float:
+    """Least cosine between the core's and 1.0.1's fp32 vectors on the real-text corpus (poolable pairs)."""
+    pairs = real_text_pairs()
+    items = core.tokenize(pairs)
+    pairs = [pair for pair, item in zip(pairs, items, strict=True) if item.pooled_tokens > 0]
+    return min_cosine(core.encode(pairs).vectors, seed.encode(pairs))
+
+
+def measure_dynamic(core: InstructorEncoder, items: list[TokenizedPair], size: int, repeats: int,
+                    sync: Callable[[], None], precision: str, flops: float) -> Measurement:
+    """The workload as a worker receives it: tokenized batches of ``size`` pairs in arrival order, one
+    ``embed`` call each (plan, micro-batches, graphs, the copy to the host), one after another."""
+    batches = [items[i:i + size] for i in range(0, len(items), size)]
+    for batch in batches:  # every shape once
+        core.embed(batch)
+    label = f"core, dynamic batches of {size} pairs (embed per batch, tokenized)"
+    m = Measurement(label, precision, [], len(items), sum(len(i.input_ids) for i in items), flops)
+    padded = micro = 0
+    for _ in range(repeats):
+        sync()
+        started = time.perf_counter()
+        for batch in batches:
+            _, stats = core.embed(batch)
+            padded += stats.padded_tokens
+            micro += stats.micro_batches
+        m.seconds.append(time.perf_counter() - started)
+    m.padding = 1 - m.tokens * repeats / padded
+    m.micro_batches = round(micro / repeats)
+    print(f"  {label}: {m.pairs_per_s:.1f} pairs/s", flush=True)
+    return m
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="base", help="model shape (default: base)")
@@ -125,11 +165,19 @@ def main(argv: list[str] | None = None) -> int:
                                                       "TOKENS:ROWS:OVERHEAD,... (default: none)")
     parser.add_argument("--latency", type=int, default=0,
                         help="also time N single-pair encode calls with the headline (c=1 latency; default: 0)")
+    parser.add_argument("--dynamic-batch", type=int, default=0,
+                        help="also time the headline fed the workload in tokenized batches of N pairs in arrival "
+                             "order, one embed call each, as a worker's dynamic batches (default: 0, off)")
+    parser.add_argument("--pack-min-rows", type=int,
+                        help="run micro-batches of at least N rows packed (handler/packing.py; default: the "
+                             "encoder's default)")
     parser.add_argument("--results-dir", type=Path, default=results.BENCH_DIR,
                         help="where RESULTS.md and results.json are (default: benchmarks/)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not touch RESULTS.md/results.json")
     args = parser.parse_args(argv)
 
+    if args.pack_min_rows is not None:
+        acceleration.PACK_MIN_ROWS = args.pack_min_rows
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"
     n_pairs = args.pairs or (4096 if on_cuda else 256)
@@ -205,11 +253,17 @@ def main(argv: list[str] | None = None) -> int:
               + (f", seed {seed_m.seconds[-1]:.3f} s" if seed_m and seed_m.seconds else ""), flush=True)
     if seed_vectors is not None and core_vectors is not None:
         headline.min_cosine = min_cosine(core_vectors[:n_seed], seed_vectors)
+    dynamic: Measurement | None = None
+    if args.dynamic_batch:
+        dynamic = measure_dynamic(core, items, args.dynamic_batch, args.repeats, sync, precision, flops)
+    real_cosine: float | None = None
+    if seed is not None:
+        real_cosine = real_text_cosine(core, seed)
     single_ms: list[float] = []
     for index in range(args.latency):
         seconds, _ = timed(lambda index=index: core.encode([pairs[index % n_pairs]]))
         single_ms.append(1000 * seconds)
-    rows = [headline]
+    rows = [headline] + ([dynamic] if dynamic is not None else [])
     if seed is not None:
         del seed  # free its fp32 weights before more variants run
         if on_cuda:
@@ -267,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         single_ms.sort()
         notes.append(f"single-pair encode (c=1, {len(single_ms)} calls): p50 {statistics.median(single_ms):.2f} ms, "
                      f"p99 {single_ms[int(0.99 * (len(single_ms) - 1))]:.2f} ms")
+    if real_cosine is not None:
+        notes.append(f"real text (the tests' reference corpus, {len(real_text_pairs())} pairs): min cosine vs "
+                     f"1.0.1 fp32 {real_cosine:.6f}")
     ratio = None
     if seed_m is not None:
         ratio = headline.pairs_per_s / seed_m.pairs_per_s
@@ -285,10 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     if seed_m is not None and ratio is not None:
         figures[f"{card}_{args.shape}_seed_inprocess_pairs_per_s"] = seed_m.pairs_per_s
         figures[f"{prefix}_inprocess_over_seed_ratio"] = ratio
+    if dynamic is not None:
+        figures[f"{prefix}_batch{args.dynamic_batch}_inprocess_pairs_per_s"] = dynamic.pairs_per_s
     if headline.min_cosine is not None:
         short = {"bfloat16": "bf16", "float32": "fp32"}.get(precision, precision)
         key = f"{args.shape}_{short}_min_cosine_vs_fp32" if on_cuda else f"cpu_{args.shape}_{short}_min_cosine_vs_fp32"
-        figures[key] = headline.min_cosine
+        # The least cosine over the workload and the real-text corpus: the bar holds for both.
+        figures[key] = min(headline.min_cosine, real_cosine if real_cosine is not None else 1.0)
     if not args.no_record:
         results.record(f"bench_inprocess {args.shape}", args.device,
                        f"{table}\n\n" + "\n".join(notes), figures, args.results_dir)

@@ -29,15 +29,19 @@ products; see benchmarks: min cosine vs the fp32 reference >= 0.999).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from handler.packing import PackedTensors, plan_layout, to_device
 from handler.settings import Precision, Settings
 
 log = logging.getLogger(__name__)
@@ -45,20 +49,38 @@ log = logging.getLogger(__name__)
 
 # Bucket edges: every shape a micro-batch can take maps to one of ~150 captured graphs. Rows: powers of two
 # to 16, then steps of 1.5x; lengths: multiples of 16 to 128 (the common case), then of 32.
-_ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+COARSE_ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+# Finer rows (steps of 8 to 64, of 16 to 128): less padding in a dynamic batch's graphs, ~1.7x the graphs.
+FINE_ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448,
+                    512)
+_ROW_BUCKETS = COARSE_ROW_BUCKETS
+_ROW_BUCKET_OF = np.zeros(1, dtype=np.int64)
 
 
 def _bucket_rows(rows: int) -> int | None:
     return next((b for b in _ROW_BUCKETS if b >= rows), None)
 
 
-# _ROW_BUCKET_OF[r]: the row bucket of a micro-batch of r rows (r <= the largest bucket).
-_ROW_BUCKET_OF = np.array([0] + [_bucket_rows(r) for r in range(1, _ROW_BUCKETS[-1] + 1)])
+def set_row_buckets(buckets: tuple[int, ...]) -> None:
+    """Use these row buckets for graphs captured from now on (benchmarks compare bucket sets)."""
+    global _ROW_BUCKETS, _ROW_BUCKET_OF
+    _ROW_BUCKETS = tuple(sorted(buckets))
+    # _ROW_BUCKET_OF[r]: the row bucket of a micro-batch of r rows (r <= the largest bucket).
+    _ROW_BUCKET_OF = np.array([0] + [_bucket_rows(r) for r in range(1, _ROW_BUCKETS[-1] + 1)])
+
+
+set_row_buckets(COARSE_ROW_BUCKETS)
 
 
 def _bucket_length(length: int) -> int:
     step = 16 if length <= 128 else 32
     return -(-length // step) * step
+
+
+# Micro-batches of at least this many rows run packed (handler/packing.py); None: never. Off by default until
+# measured on a GPU (benchmarks/NOTES.md): the packed forward runs ~300 eager launches where the padded one
+# replays one CUDA graph. The candidate is 16 (below it the graphs surely win); benchmarks set it.
+PACK_MIN_ROWS: int | None = None
 
 
 # Relative error allowed between the fast and the Hugging Face forward on the probe batch: bf16 rounding through
@@ -84,6 +106,16 @@ def accelerate(model: torch.nn.Module, device: torch.device, precision: Precisio
     if error > _SELF_CHECK_TOLERANCE:
         log.warning("fast T5 forward not used: it differs from the Hugging Face forward by %.3g (relative)", error)
         return None
+    if fast.pack_min_rows is not None:
+        try:
+            packed_error = fast.packed_check(model)
+        except Exception as exc:  # packing is a speed-up: without it the padded forward serves every batch
+            log.warning("packed micro-batches not used: they failed on a probe batch (%r)", exc, exc_info=True)
+            packed_error = float("inf")
+        if packed_error > _SELF_CHECK_TOLERANCE:
+            log.warning("packed micro-batches not used: they differ from the Hugging Face forward by %.3g",
+                        packed_error)
+            fast.pack_min_rows = None
     return fast
 
 
@@ -151,6 +183,14 @@ class FastT5Encoder:
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._graph_pool: Any = None
         self.graph_seconds = 0.0
+        # None: let SDPA choose its attention kernel; else the kernels it may use (benchmarks compare them).
+        self.attention_backends: Sequence[SDPBackend] | None = None
+        # Micro-batches of at least this many rows run packed (handler/packing.py); None: never.
+        self.pack_min_rows: int | None = PACK_MIN_ROWS
+        # Packed micro-batches run eagerly in ever new shapes: cuDNN attention would build and compile an
+        # execution plan for each new shape (benchmarks/NOTES.md), the memory-efficient kernel needs none.
+        self.packed_attention_backends: Sequence[SDPBackend] | None = (
+            SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
 
     def _fuse(self, block: torch.nn.Module) -> _Layer:
         attention = block.layer[0].SelfAttention
@@ -182,6 +222,24 @@ class FastT5Encoder:
             return float("inf")
         return float((got[real] - reference[real]).norm() / reference[real].norm())
 
+    def packed_check(self, model: torch.nn.Module) -> float:
+        """Relative difference between the packed forward and Hugging Face's on rows of three lengths, each in
+        an attention group of its own (real positions only)."""
+        generator = torch.Generator().manual_seed(2)
+        lengths = [40, 25, 7]
+        input_ids = torch.randint(2, self.embedding.shape[0], (3, 40), generator=generator)
+        attention = (torch.arange(40)[None, :] < torch.tensor(lengths)[:, None]).long()
+        stream = np.concatenate([input_ids[row, :n].numpy() for row, n in enumerate(lengths)])
+        layout = plan_layout(lengths, shrink=0.9, min_rows=1)
+        with torch.inference_mode():
+            reference = model(input_ids=input_ids.to(self.device),
+                              attention_mask=attention.to(self.device)).last_hidden_state.float()
+            got = self.run_packed(stream, layout, 40).float()
+        real = attention.bool().to(self.device)
+        if not torch.isfinite(got[real]).all():
+            return float("inf")
+        return float((got[real] - reference[real]).norm() / reference[real].norm())
+
     # ---- forward ------------------------------------------------------------------------------
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -209,8 +267,11 @@ class FastT5Encoder:
         rows, length = input_ids.shape
         x = F.embedding(input_ids, self.embedding).view(rows * length, self.d_model)
         bias = self._attention_bias(attention_mask, length)
-        for layer in self.layers:
-            _layer(x, bias, layer, rows, length, self.num_heads, self.d_kv, self.eps, self._relu_bias)
+        backends = contextlib.nullcontext() if self.attention_backends is None else \
+            sdpa_kernel(list(self.attention_backends))
+        with backends:
+            for layer in self.layers:
+                _layer(x, bias, layer, rows, length, self.num_heads, self.d_kv, self.eps, self._relu_bias)
         return F.rms_norm(x, (self.d_model,), self.final_ln, self.eps).view(rows, length, self.d_model)
 
     def _attention_bias(self, attention_mask: torch.Tensor, length: int) -> torch.Tensor:
@@ -227,6 +288,43 @@ class FastT5Encoder:
         keep = attention_mask[:, None, None, :].bool()
         torch.where(keep, position.to(self.dtype), self._mask_min, out=bias)
         return bias
+
+    def packs(self, rows: int) -> bool:
+        """Whether a micro-batch of ``rows`` rows runs packed."""
+        return self.pack_min_rows is not None and rows >= self.pack_min_rows
+
+    def forward_packed(self, stream: torch.Tensor, packed: PackedTensors, rows: int, longest: int) -> torch.Tensor:
+        """The encoder on a packed token stream (T,) -> (rows, longest, d_model), padding slots zero.
+
+        Same layers as ``forward``: only the attention runs in padded groups (handler/packing.py).
+        """
+        tokens = packed.tokens
+        inner = self.num_heads * self.d_kv
+        x = F.embedding(stream, self.embedding)
+        biases = [self._attention_bias(mask, length)
+                  for (_, _, length), mask in zip(packed.groups, packed.group_masks, strict=True)]
+        # Row ``tokens`` stays zero: what the padding slots of the attention groups gather.
+        qkv = torch.empty(tokens + 1, 3 * inner, dtype=self.dtype, device=self.device)
+        qkv[tokens].zero_()
+        attended = torch.empty(packed.gather.numel(), inner, dtype=self.dtype, device=self.device)
+        backends = contextlib.nullcontext() if self.packed_attention_backends is None else \
+            sdpa_kernel(list(self.packed_attention_backends))
+        with backends:
+            for layer in self.layers:
+                _packed_layer(x, qkv, attended, biases, packed, layer, self.num_heads, self.d_kv, self.eps,
+                              self._relu_bias)
+        x = F.rms_norm(x, (self.d_model,), self.final_ln, self.eps)
+        padded = torch.cat([x, x.new_zeros(1, self.d_model)]).index_select(0, packed.output)
+        return padded.view(rows, longest, self.d_model)
+
+    def run_packed(self, stream: np.ndarray, layout: Any, longest: int) -> torch.Tensor:
+        """``forward_packed`` from host arrays: the stream (T,) and its ``PackedLayout``."""
+        packed = to_device(layout, self.device, longest)
+        host = torch.from_numpy(stream)
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        return self.forward_packed(host.to(self.device, non_blocking=self.device.type == "cuda"), packed,
+                                   len(layout.lengths), longest)
 
     # ---- CUDA graphs --------------------------------------------------------------------------
 
@@ -250,8 +348,12 @@ class FastT5Encoder:
         return np.where(graphed, bucket_rows * bucket_length, longest * rows)
 
     def graph_shapes(self, max_length: int) -> list[tuple[int, int]]:
-        """Every (rows, length) bucket a micro-batch of at most ``max_length`` tokens a row can use."""
-        shapes = {self._graph_key(rows, length) for rows in _ROW_BUCKETS for length in range(1, max_length + 1)}
+        """Every (rows, length) bucket a padded micro-batch of at most ``max_length`` tokens a row can use
+        (micro-batches that run packed need none)."""
+        most_rows = self.graph_max_rows if self.pack_min_rows is None else self.pack_min_rows - 1
+        row_buckets = {_bucket_rows(rows) for rows in range(1, most_rows + 1)}
+        shapes = {self._graph_key(rows, length) for rows in row_buckets if rows is not None
+                  for length in range(1, max_length + 1)}
         return sorted(key for key in shapes if key is not None)
 
     def warmup(self, max_length: int) -> float:
@@ -312,6 +414,24 @@ class FastT5Encoder:
         self._graphs[key] = entry
         self.graph_seconds += time.perf_counter() - started
         return entry
+
+
+def _packed_layer(x: torch.Tensor, qkv: torch.Tensor, attended: torch.Tensor, biases: list[torch.Tensor],
+                  packed: PackedTensors, w: _Layer, heads: int, d_kv: int, eps: float,
+                  relu_bias: torch.Tensor) -> None:
+    """One T5 encoder block on a packed stream ``x`` (tokens, d_model), in place; attention per group."""
+    tokens, d_model = x.shape
+    h = F.rms_norm(x, (d_model,), w.ln1, eps)
+    torch.mm(h, w.qkv_t, out=qkv[:tokens])
+    grouped = qkv.index_select(0, packed.gather)
+    for (first, rows, length), bias in zip(packed.groups, biases, strict=True):
+        slots = slice(first, first + rows * length)
+        q, k, v = (t.transpose(1, 2) for t in grouped[slots].view(rows, length, 3, heads, d_kv).unbind(2))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+        attended[slots].view(rows, length, heads, d_kv).copy_(out.transpose(1, 2))
+    x.addmm_(attended.index_select(0, packed.scatter), w.o_t)
+    h = F.rms_norm(x, (d_model,), w.ln2, eps)
+    x.addmm_(torch._addmm_activation(relu_bias, h, w.wi_t), w.wo_t)
 
 
 def _layer(x: torch.Tensor, bias: torch.Tensor, w: _Layer, rows: int, length: int, heads: int, d_kv: int,

@@ -23,9 +23,11 @@ import torch
 
 from handler.acceleration import accelerate
 from handler.batching import padded_slots, plan_micro_batches
+from handler.chunks import FIRST_CHUNK_PAIRS, chunk_offsets
 from handler.errors import InsufficientMemory, NothingToEmbed
 from handler.lookahead import ahead
 from handler.model_directory import ModelDirectory, load_dense_layers, read_model_directory
+from handler.packing import packed_plan, plan_layout
 from handler.settings import InstructionMode, Precision, Settings, SettingsError
 from handler.tokenization import BoundedTokenizer
 
@@ -212,10 +214,10 @@ class InstructorEncoder:
         text, numbered in ``pairs``.
         """
         started = time.perf_counter()
-        offsets = range(0, len(pairs), chunk_pairs)
+        spans = chunk_offsets(len(pairs), chunk_pairs, min(chunk_pairs, FIRST_CHUNK_PAIRS))
         launched: list[PendingEmbeddings] = []
-        with contextlib.closing(ahead(self.tokenize, [pairs[o:o + chunk_pairs] for o in offsets])) as chunks:
-            for offset, items in zip(offsets, chunks, strict=True):
+        with contextlib.closing(ahead(self.tokenize, [pairs[start:end] for start, end in spans])) as chunks:
+            for (offset, _), items in zip(spans, chunks, strict=True):
                 error = unpoolable(items, first_index=offset)
                 if error is not None:
                     raise error
@@ -237,10 +239,14 @@ class InstructorEncoder:
         if not items:
             return PendingEmbeddings(items, [], None, self.dimension, stats, started)
         lengths = [len(item.input_ids) for item in items]
-        # With CUDA graphs a micro-batch runs in its bucket's shape: the plan prices that padding too.
-        slots = self._accelerated.compute_slots if self._accelerated is not None else padded_slots
-        plan = plan_micro_batches(lengths, self.settings.max_batch_tokens, self.settings.max_batch_rows,
-                                  _BATCH_OVERHEAD_TOKENS.get(self.device.type, 0), slots)
+        fast = self._accelerated
+        if fast is not None and fast.packs(len(items)):  # no padding to price: fill micro-batches in order
+            plan = packed_plan(lengths, self.settings.max_batch_tokens, self.settings.max_batch_rows)
+        else:
+            # With CUDA graphs a micro-batch runs in its bucket's shape: the plan prices that padding too.
+            slots = fast.compute_slots if fast is not None else padded_slots
+            plan = plan_micro_batches(lengths, self.settings.max_batch_tokens, self.settings.max_batch_rows,
+                                      _BATCH_OVERHEAD_TOKENS.get(self.device.type, 0), slots)
         pending: list[tuple[list[int], torch.Tensor]] = []
         with torch.inference_mode():
             for rows in plan:
@@ -285,12 +291,16 @@ class InstructorEncoder:
             attention[row, :n] = 1
             pooling[row, item.pool_start:n] = 1.0
         non_blocking = self.device.type == "cuda"
-        input_ids_t = _to_device(input_ids, self.device, non_blocking)
         attention_t = _to_device(attention, self.device, non_blocking)
         pooling_t = _to_device(pooling, self.device, non_blocking)
-        if self._accelerated is not None:
-            hidden = self._accelerated(input_ids_t, attention_t)
+        if self._accelerated is not None and self._accelerated.packs(len(batch)):  # handler/packing.py
+            stream = np.concatenate([np.asarray(item.input_ids, dtype=np.int64) for item in batch])
+            layout = plan_layout([len(item.input_ids) for item in batch])
+            hidden = self._accelerated.run_packed(stream, layout, length)
+        elif self._accelerated is not None:
+            hidden = self._accelerated(_to_device(input_ids, self.device, non_blocking), attention_t)
         else:
+            input_ids_t = _to_device(input_ids, self.device, non_blocking)
             hidden = self._model(input_ids=input_ids_t, attention_mask=attention_t).last_hidden_state
         pooled = _pool(hidden.float(), pooling_t, attention_t, self.files.pooling_mode)
         pooled = self._dense(pooled)
