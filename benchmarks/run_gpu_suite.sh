@@ -15,6 +15,9 @@ PHASE
              workers, then the 64-pair load with base64 responses
   baseline   large through TorchServe: InstructorEmbedding 1.0.1's encode, one request at a time
   twogpu     large through TorchServe on every visible GPU vs GPU 0 only, same loads, auto workers
+  auto       large through TorchServe at the recommended settings only (auto workers): the noop ceiling, the
+             handler with JSON and raw float32 replies (a shorter 'served')
+  bulk       instructor-embed with its defaults on 100,000 workload pairs against served large (bench_bulk)
   --quick    tiny workloads and the base shape, to check the script itself (on CPU too)
 
 TorchServe and Java: from the running Python environment if it has them, else unpacked from .tsbundle
@@ -28,7 +31,7 @@ phase="${1:-}"
 quick=0
 [[ "${2:-}" == "--quick" ]] && quick=1
 case "$phase" in
-  inprocess|xl|served|baseline|twogpu) ;;
+  inprocess|xl|served|baseline|twogpu|auto|bulk) ;;
   -h|--help) usage; exit 0 ;;
   *) usage >&2; exit 2 ;;
 esac
@@ -81,6 +84,16 @@ case "$phase" in
     finish
     "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "16x64:8" \
       --encoding base64 --key-suffix _base64 || echo "bench_torchserve base64 FAILED"
+    ;;
+  auto)
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets noop,core --workers auto --loads "$loads" ||
+      echo "bench_torchserve auto FAILED"
+    finish
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "16x64:6" \
+      --encoding raw --key-suffix _raw || echo "bench_torchserve raw FAILED"
+    ;;
+  bulk)
+    "$py" -m benchmarks.bench_bulk --shape "$shape" --pairs $((quick == 1 ? 300 : 100000)) || echo "bench_bulk FAILED"
     ;;
   baseline)
     "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets baseline --baseline-loads "$base_loads" ||
