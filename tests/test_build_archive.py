@@ -16,11 +16,6 @@ import yaml
 from scripts import model_archive as bma
 from tests.torchserve_harness import REPO, build_with_script, free_ports, run_script
 
-HELP_DEFAULTS = {
-    "build_archive.sh": ["(default: demo)", "(default: no-archive)", "(default: 1)", "(default: 16)",
-                         "(default: 5)", "(default: 120)", "(default: 600)", "(handler default: auto)"],
-}
-
 
 def archive_members(archive: Path) -> set[str]:
     """Relative file paths inside a no-archive folder or a .mar."""
@@ -35,33 +30,6 @@ def read_member(archive: Path, member: str) -> str:
         with zipfile.ZipFile(archive) as z:
             return z.read(member).decode()
     return (archive / member).read_text()
-
-
-# --------------------------------------------------------------------------- --help
-
-
-@pytest.mark.parametrize("script", sorted(HELP_DEFAULTS))
-def test_every_script_explains_itself_with_defaults(script):
-    proc = run_script(script, "--help")
-    assert proc.returncode == 0, proc.stderr
-    text = " ".join(proc.stdout.split())  # argparse wraps to the terminal width
-    for default in HELP_DEFAULTS[script]:
-        assert default in text, f"{script} --help does not show {default!r}:\n{proc.stdout}"
-
-
-@pytest.mark.parametrize("script", sorted(HELP_DEFAULTS))
-def test_help_works_before_the_environment_exists(script, tmp_path):
-    proc = run_script(script, "--help", env={"VENV": str(tmp_path / "no-venv-yet")})
-    assert proc.returncode == 0, proc.stderr
-    assert "usage" in proc.stdout.lower()
-
-
-@pytest.mark.parametrize("script", sorted(HELP_DEFAULTS))
-def test_an_unknown_option_is_refused(script):
-    required = ["--name", "x"] if script == "register.sh" else []
-    proc = run_script(script, *required, "--no-such-option")
-    assert proc.returncode == 2
-    assert "--no-such-option" in proc.stderr
 
 
 # --------------------------------------------------------------------------- build_archive.sh

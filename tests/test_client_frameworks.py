@@ -18,7 +18,10 @@ from instructor_client import AsyncInstructorClient, InstructorClient
 from instructor_client.langchain import InstructorEmbeddings
 from instructor_client.llama_index import InstructorEmbedding
 from tests.tiny_models import DENSE_OUT
-from tests.torchserve_harness import TorchServe, build_with_script, register_with_script, running_torchserve
+from tests.torchserve_harness import (
+    TorchServe,
+    served_models,
+)
 
 pytestmark = pytest.mark.torchserve
 
@@ -28,10 +31,8 @@ MODEL = "tiny-instructor-gated"
 
 @pytest.fixture(scope="module")
 def server(tiny_models, tmp_path_factory):
-    store = tmp_path_factory.mktemp("store")
-    build_with_script(str(tiny_models[MODEL]), NAME, store, "--batch-size", "8", "--max-batch-delay", "5")
-    with running_torchserve(store) as ts:
-        register_with_script(ts, NAME, "--workers", "1")
+    model = (tiny_models[MODEL], ("--batch-size", "8", "--max-batch-delay", "5"))
+    with served_models(tmp_path_factory.mktemp("store"), {NAME: model}) as ts:
         yield ts
 
 

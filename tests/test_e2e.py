@@ -19,7 +19,10 @@ import numpy as np
 import pytest
 
 from scripts.torchserve_ctl import base_url
-from tests.torchserve_harness import TorchServe, build_with_script, register_with_script, running_torchserve
+from tests.torchserve_harness import (
+    TorchServe,
+    served_models,
+)
 
 pytestmark = pytest.mark.torchserve
 
@@ -29,11 +32,8 @@ INSTRUCTION = "Represent the Science title:"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_models):
-    store = tmp_path_factory.mktemp("store")
-    build_with_script(str(tiny_models["tiny-instructor-gated"]), NAME, store, "--batch-size", "8",
-                      "--max-batch-delay", "20")
-    with running_torchserve(store) as ts:
-        register_with_script(ts, NAME, "--workers", "1")
+    model = (tiny_models["tiny-instructor-gated"], ("--batch-size", "8", "--max-batch-delay", "20"))
+    with served_models(tmp_path_factory.mktemp("store"), {NAME: model}) as ts:
         yield ts
 
 

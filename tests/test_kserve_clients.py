@@ -18,7 +18,10 @@ import numpy as np
 import pytest
 
 from tests.tiny_models import DENSE_OUT
-from tests.torchserve_harness import TorchServe, build_with_script, register_with_script, running_torchserve
+from tests.torchserve_harness import (
+    TorchServe,
+    served_models,
+)
 
 pytestmark = pytest.mark.torchserve
 
@@ -28,10 +31,9 @@ MODEL = "tiny-instructor-gated"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_models):
-    store = tmp_path_factory.mktemp("store")
-    build_with_script(str(tiny_models[MODEL]), NAME, store, "--batch-size", "8", "--max-batch-delay", "20")
-    with running_torchserve(store, config={"ts_open_inference_protocol": "true"}) as ts:
-        register_with_script(ts, NAME, "--workers", "1")
+    model = (tiny_models[MODEL], ("--batch-size", "8", "--max-batch-delay", "20"))
+    with served_models(tmp_path_factory.mktemp("store"), {NAME: model},
+                       config={"ts_open_inference_protocol": "true"}) as ts:
         yield ts
 
 

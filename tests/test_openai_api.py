@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 
 from tests.tiny_models import DENSE_OUT
-from tests.torchserve_harness import TorchServe, build_with_script, register_with_script, running_torchserve
+from tests.torchserve_harness import (
+    TorchServe,
+    served_models,
+)
 
 pytestmark = pytest.mark.torchserve
 
@@ -28,12 +31,9 @@ TITLE = "Represent the Science title:"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_models):
-    store = tmp_path_factory.mktemp("store")
-    build_with_script(str(tiny_models[MODEL]), NAME, store, "--batch-size", "8", "--max-batch-delay", "20")
-    build_with_script(str(tiny_models[MODEL]), NAME_WITH_INSTRUCTION, store, "--default-instruction", TITLE)
-    with running_torchserve(store) as ts:
-        register_with_script(ts, NAME, "--workers", "1")
-        register_with_script(ts, NAME_WITH_INSTRUCTION, "--workers", "1")
+    models = {NAME: (tiny_models[MODEL], ("--batch-size", "8", "--max-batch-delay", "20")),
+              NAME_WITH_INSTRUCTION: (tiny_models[MODEL], ("--default-instruction", TITLE))}
+    with served_models(tmp_path_factory.mktemp("store"), models) as ts:
         yield ts
 
 

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,3 +127,16 @@ def register_with_script(ts: TorchServe, name: str, *args: str,
     if check:
         assert proc.returncode == 0, f"register.sh failed:\n{proc.stdout}\n{proc.stderr}\n{ts.log_tail()}"
     return proc
+
+
+@contextlib.contextmanager
+def served_models(store: Path, models: Mapping[str, tuple[Path, Sequence[str]]], *,
+                  config: Mapping[str, str] | None = None) -> Iterator[TorchServe]:
+    """Archives built with build_archive.sh (name -> (model directory, its build options)) into ``store``,
+    served by one TorchServe (``config`` overrides) with one worker each, registered with register.sh."""
+    for name, (model_dir, args) in models.items():
+        build_with_script(str(model_dir), name, store, *args)
+    with running_torchserve(store, config=config) as ts:
+        for name in models:
+            register_with_script(ts, name, "--workers", "1")
+        yield ts
