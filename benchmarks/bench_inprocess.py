@@ -131,7 +131,7 @@ def measure_dynamic(core: InstructorEncoder, items: list[TokenizedPair], size: i
         sync()
         started = time.perf_counter()
         for batch in batches:
-            _, stats = core.embed(batch)
+            stats = core.embed(batch).stats
             padded += stats.padded_tokens
             micro += stats.micro_batches
         m.seconds.append(time.perf_counter() - started)

@@ -16,6 +16,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 import sys
@@ -169,8 +170,8 @@ def attention_table(encoder: InstructorEncoder, batch: list[TokenizedPair], flex
     table = []
     for name in ("default", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH"):
         try:
-            context = sdpa_kernel([getattr(SDPBackend, name)]) if name != "default" else sdpa_kernel(
-                list(SDPBackend))
+            # "default" lets SDPA pick, as the encoder's own calls do.
+            context = contextlib.nullcontext() if name == "default" else sdpa_kernel([getattr(SDPBackend, name)])
             with context:
                 seconds = cuda_time(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0))
             table.append([f"SDPA {name}", f"{rows}x{length}", f"{1e6 * seconds:.1f}",
@@ -266,7 +267,7 @@ def time_variant(encoder: InstructorEncoder, name: str, pairs: list[tuple[str, s
         sync()
         started = time.perf_counter()
         for batch in batches:
-            _, stats = encoder.embed(batch)
+            stats = encoder.embed(batch).stats
             tokens += stats.tokens
             micro += stats.micro_batches
         dynamic.append(time.perf_counter() - started)
