@@ -77,9 +77,9 @@ def _bucket_length(length: int) -> int:
     return -(-length // step) * step
 
 
-# Micro-batches of at least this many rows run packed (handler/packing.py); None: never. Off by default until
-# measured on a GPU (benchmarks/NOTES.md): the packed forward runs ~300 eager launches where the padded one
-# replays one CUDA graph. The candidate is 16 (below it the graphs surely win); benchmarks set it.
+# Micro-batches of at least this many rows run packed (handler/packing.py); None: never. Off: packing from 16
+# rows measured 17% slower in bulk and 18% slower on 64-pair batches than the padded forward (large, one H100;
+# benchmarks/NOTES.md): its ~300 eager launches and gathers cost more than the padding they save. Benchmarks set it.
 PACK_MIN_ROWS: int | None = None
 
 
