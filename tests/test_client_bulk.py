@@ -293,3 +293,35 @@ def test_a_full_batch_is_retried_soon_without_spending_retries_or_halving_the_re
         assert client.limit.limit >= 4  # the start: a full batch is a busy server, not an overloaded one
     np.testing.assert_array_equal(np.asarray(vectors, dtype=np.float32), expected(data))
     assert behaviour.counters["requests"] == 12 + 25 and client.retries == 0
+
+
+def test_an_output_that_is_the_input_is_refused_and_the_input_survives_overwrite(tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", records(3))
+    sidecar_named = write_jsonl(tmp_path / "out.ids.jsonl", records(3))  # what an .npy output writes beside it
+    before = source.read_bytes()
+    with stand_in_server() as url:
+        proc = embed_cli(url, "-i", str(source), "-o", str(tmp_path / "." / "in.jsonl"), "--overwrite")
+        assert proc.returncode == 2, proc.stderr
+        assert "--output is the input file" in proc.stderr and "Traceback" not in proc.stderr
+        proc = embed_cli(url, "-i", str(sidecar_named), "-o", str(tmp_path / "out.npy"), "--overwrite")
+        assert proc.returncode == 2 and "out.ids.jsonl, which the run writes beside --output" in proc.stderr, \
+            proc.stderr
+    assert source.read_bytes() == before and sidecar_named.read_bytes() == before
+    assert not (tmp_path / "out.npy").exists()
+
+
+def test_a_csv_row_with_more_fields_than_the_header_is_a_bad_row_not_a_cut_text(tmp_path):
+    # Row 3 has an unquoted comma in its text: embedding its first part alone would be a silently wrong vector.
+    # Row 4 ends in a comma (an empty extra field): nothing is lost, it is embedded.
+    lines = ["id,instruction,text", f"a,{INSTRUCTION},first", f"b,{INSTRUCTION},cut, here", f"c,{INSTRUCTION},last,"]
+    (tmp_path / "in.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with stand_in_server() as url:
+        proc = embed_cli(url, "-i", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.parquet"))
+    assert proc.returncode == EXIT_ROWS, proc.stderr
+    assert "line 3: 4 fields where the header (line 1) has 3: quote a field that holds a comma" in proc.stderr
+    failures = [json.loads(line) for line in (tmp_path / "out.parquet.failures.jsonl").read_text().splitlines()]
+    assert [(f["line"], f["id"], f["type"]) for f in failures] == [(3, "b", "BadRow")]
+    got_lines, ids, vectors = read_parquet(tmp_path / "out.parquet")
+    assert got_lines == [2, 4] and ids == ["a", "c"]
+    kept = [{"instruction": INSTRUCTION, "text": "first"}, {"instruction": INSTRUCTION, "text": "last"}]
+    np.testing.assert_array_equal(vectors, expected(kept))

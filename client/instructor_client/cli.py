@@ -27,7 +27,7 @@ from instructor_client.bulk.readers import FORMATS, BadRow, InputSpec, check_inp
 from instructor_client.bulk.runner import MAX_KEPT, Failure, Job, RunResult, embed_jobs
 from instructor_client.bulk.sizing import RequestSize
 from instructor_client.bulk.store import PartsStore, ResumeError
-from instructor_client.bulk.writers import OUTPUT_FORMATS, output_format, write_output
+from instructor_client.bulk.writers import OUTPUT_FORMATS, ids_path, output_format, write_output
 from instructor_client.client import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONCURRENCY,
@@ -192,6 +192,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--output {args.output} is a directory: name the file to write")
     if not args.input.is_file():
         raise FileNotFoundError(f"--input {args.input} does not exist or is not a file")
+    _refuse_writing_over_the_input(args.input, args.output)
     make_limit(args.concurrency)
     fmt = detect_format(args.input) if args.input_format == "auto" else args.input_format
     spec = InputSpec(path=args.input, format=fmt, instruction=args.instruction, text_field=args.text_field,
@@ -235,6 +236,18 @@ def _run(args: argparse.Namespace) -> int:
             _say(f"note: the interrupted run used --url {' '.join(found['urls'])}; its model answers the probe "
                  "pair with the same vector here, so the run continues")
         return _embed(args, client, spec, store, newlines, len(probe))
+
+
+def _refuse_writing_over_the_input(source: Path, output: Path) -> None:
+    """ValueError when a file the run writes is the input: with --overwrite it would be replaced (and lost)
+    before the user notices, and without it the message would only say "exists"."""
+    written = [output, output.with_name(output.name + ".failures.jsonl")]
+    if output_format(output) == "npy":
+        written.append(ids_path(output))
+    for path in written:
+        if path.exists() and os.path.samefile(path, source):
+            what = "--output" if path == output else f"{path.name}, which the run writes beside --output,"
+            raise ValueError(f"{what} is the input file {source}: name another output file")
 
 
 def _embed(args: argparse.Namespace, client: InstructorClient, spec: InputSpec, store: PartsStore,

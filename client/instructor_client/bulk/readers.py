@@ -253,7 +253,16 @@ def _csv_records(spec: InputSpec) -> Iterator[tuple[int, dict[str, Any] | BadRow
                 yield start, BadRow(start, f"not valid CSV ({exc})")
                 start = reader.line_num + 1
                 continue
-            yield start, record
+            # DictReader files the fields past the header's under the key None: an unquoted comma in a
+            # text makes them, and embedding the row anyway would embed only the text's first part.
+            # Empty ones (a trailing comma) lose nothing.
+            extra = record.pop(None, None) or []
+            if any(extra):
+                columns = len(reader.fieldnames)
+                yield start, BadRow(start, f"{columns + len(extra)} fields where the header (line 1) has {columns}: "
+                                           "quote a field that holds a comma", normalize_id(record.get(spec.id_field)))
+            else:
+                yield start, record
             start = reader.line_num + 1
 
 
