@@ -38,10 +38,33 @@ class Wire(str, enum.Enum):
 
 
 def wire_of(encoding_format: str, headers: Mapping[str, str]) -> Wire:
-    """The header asks for raw bytes; else the body's ``encoding_format`` decides. ``headers``: lower-case names."""
-    if OCTET_STREAM in headers.get("accept", ""):
+    """The header asks for raw bytes; else the body's ``encoding_format`` decides. ``headers``: lower-case names.
+
+    Raw bytes only when Accept names application/octet-stream with a quality above 0 and no lower than
+    application/json's: ``application/octet-stream;q=0`` says the client cannot take them."""
+    qualities = accept_qualities(headers.get("accept", ""))
+    raw = qualities.get(OCTET_STREAM, 0.0)
+    if raw > 0 and raw >= qualities.get(JSON, 0.0):
         return Wire.RAW
     return Wire.BASE64 if encoding_format == "base64" else Wire.FLOAT
+
+
+def accept_qualities(accept: str) -> dict[str, float]:
+    """Media type -> quality (RFC 9110 ``q``, 1 when absent) of an Accept header; an unreadable q counts as 0."""
+    qualities: dict[str, float] = {}
+    for media_range in accept.lower().split(","):
+        media, *parameters = (part.strip() for part in media_range.split(";"))
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip() == "q":
+                try:
+                    quality = min(max(float(value), 0.0), 1.0)
+                except ValueError:
+                    quality = 0.0
+        if media:
+            qualities[media] = max(quality, qualities.get(media, 0.0))
+    return qualities
 
 
 def predicted_bytes(wire: Wire, rows: int, dimension: int) -> int:

@@ -88,6 +88,12 @@ def test_raw_float32_replies_and_token_counts_cross_the_frontend_intact(server: 
     vectors = np.frombuffer(raw, "<f4").reshape(-1, int(headers["X-Instructor-Dimension"]))
     assert np.array_equal(vectors, np.array(as_json.body, dtype=np.float32))
     assert int(headers["X-Instructor-Tokens"]) > 2
+    # q=0 means "not acceptable": such a client gets JSON, as does one that prefers JSON.
+    for accept in ("application/octet-stream;q=0, application/json", "application/json, application/octet-stream;q=0.5"):
+        request.headers["Accept"] = accept  # urllib keeps headers under capitalized names
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            assert resp.headers["Content-Type"] == "application/json", accept
+            assert np.array_equal(np.array(json.loads(resp.read()), dtype=np.float32), vectors), accept
 
 
 def test_customized_describe_answers_200_with_the_model_facts_and_counts_no_error(server: TorchServe):
