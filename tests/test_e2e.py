@@ -89,7 +89,8 @@ def test_raw_float32_replies_and_token_counts_cross_the_frontend_intact(server: 
     assert np.array_equal(vectors, np.array(as_json.body, dtype=np.float32))
     assert int(headers["X-Instructor-Tokens"]) > 2
     # q=0 means "not acceptable": such a client gets JSON, as does one that prefers JSON.
-    for accept in ("application/octet-stream;q=0, application/json", "application/json, application/octet-stream;q=0.5"):
+    for accept in ("application/octet-stream;q=0, application/json",
+                   "application/json, application/octet-stream;q=0.5"):
         request.headers["Accept"] = accept  # urllib keeps headers under capitalized names
         with urllib.request.urlopen(request, timeout=60) as resp:
             assert resp.headers["Content-Type"] == "application/json", accept

@@ -16,6 +16,9 @@ from handler.torchserve_handler import InstructorHandler, select_device
 from tests.hostile_corpus import GOOD_PAIR, cases
 from tests.ts_context import make_handler, make_ts_context, set_batch
 
+# The header TorchServe adds to a request for /predictions/<name>: the corpus is what that route gets (a KServe v1
+# body there is an unknown field; on a route-less request the body's shape would pick the protocol).
+PREDICTIONS_ROUTE = {"url_path": ""}
 SCIENCE = ["Represent the Science title:", "3D ActionSLAM: wearable person tracking in multi-floor environments"]
 
 
@@ -26,10 +29,12 @@ def served(tmp_path_factory, demo_model_dir: Path):
                         {"max_pairs_per_request": 8, "max_chars_per_text": 2000})
 
 
-def run(served, bodies: list) -> list[tuple[int, object]]:
-    """Send one dynamic batch; returns (status, parsed JSON) per request."""
+def run(served, bodies: list, headers: dict[str, str] | None = None) -> list[tuple[int, object]]:
+    """Send one dynamic batch (each request with ``headers``); returns (status, parsed JSON) per request."""
     handler, context = served
     set_batch(context, len(bodies))
+    if headers is not None:
+        with_headers(context, [headers] * len(bodies))
     out = handler.handle([{"body": body} for body in bodies], context)
     assert len(out) == len(bodies)
     results = []
@@ -194,12 +199,12 @@ def test_hostile_corpus_gets_its_status_alone_and_mixed_with_good_requests(defau
     expected_good = reference(default_served, [GOOD_PAIR])[0]
     for case in corpus:
         body = as_torchserve_delivers(case.body, case.content_type)
-        [(status, answer)] = run(default_served, [body])
+        [(status, answer)] = run(default_served, [body], PREDICTIONS_ROUTE)
         assert status == case.expect, (case.name, answer)
         if status >= 400:
             assert answer["code"] == status and answer["message"], case.name
     bodies = [good] + [as_torchserve_delivers(c.body, c.content_type) for c in corpus] + [good]
-    results = run(default_served, bodies)
+    results = run(default_served, bodies, PREDICTIONS_ROUTE)
     assert [status for status, _ in results[1:-1]] == [case.expect for case in corpus]
     for status, answer in (results[0], results[-1]):
         assert status == 200
