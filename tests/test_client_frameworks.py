@@ -80,6 +80,16 @@ def test_encode_takes_pairs_and_strings_and_returns_numpy_like_1_0_1(server, mod
     close(asyncio.run(_aencode(server, pairs)), want)
 
 
+def test_encode_of_no_sentences_is_an_empty_result_as_sentence_transformers_returns(server, model):
+    # No row: nothing to send and no dimension to shape; 1.0.1's users get the empty array they got before.
+    empty = model.encode([])
+    assert isinstance(empty, np.ndarray) and empty.shape == (0,) and empty.dtype == np.float32
+    assert model.encode([], convert_to_numpy=False) == []
+    assert model.encode([], normalize_embeddings=True).shape == (0,)
+    assert tuple(model.encode([], convert_to_tensor=True).shape) == (0,)
+    assert asyncio.run(_aencode(server, [])).shape == (0,)
+
+
 async def _aencode(server: TorchServe, pairs):
     async with AsyncInstructorClient(server.inference_url, NAME, key_file=server.key_file) as client:
         return await client.encode(pairs)

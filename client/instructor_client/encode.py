@@ -40,8 +40,13 @@ class EncodeCall:
 
     def finish(self, vectors: list[list[float]]) -> Any:
         """The vectors in the type 1.0.1 returns for these options."""
-        array = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
-        if self.normalize:
+        if not len(vectors):
+            # No row, so no dimension to shape (numpy cannot reshape 0 items to (0, -1)): an empty array, as
+            # SentenceTransformer.encode([]) returns.
+            array = np.zeros((0,), dtype=np.float32)
+        else:
+            array = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+        if self.normalize and array.ndim == 2:
             array = array / np.clip(np.linalg.norm(array, axis=1, keepdims=True), 1e-12, None)
         if self.convert_to_tensor:
             import torch  # only for convert_to_tensor=True: the client does not need torch otherwise
