@@ -325,3 +325,19 @@ def test_a_csv_row_with_more_fields_than_the_header_is_a_bad_row_not_a_cut_text(
     assert got_lines == [2, 4] and ids == ["a", "c"]
     kept = [{"instruction": INSTRUCTION, "text": "first"}, {"instruction": INSTRUCTION, "text": "last"}]
     np.testing.assert_array_equal(vectors, expected(kept))
+
+
+def test_a_url_without_http_or_a_timeout_of_0_is_a_usage_error_at_once(tmp_path):
+    # Before, each was a transport error retried with backoff, then "cannot reach" (exit 1) after seconds,
+    # or httpx's "Timeout value out of range" naming no option.
+    source = write_jsonl(tmp_path / "in.jsonl", records(2))
+    with stand_in_server() as url:
+        host = url.split("://", 1)[1]
+        for args, message in ((["--url", host], f"url '{host}' must start with http:// or https://"),
+                              (["--url", url, "--timeout", "0"], "timeout must be a number of seconds > 0"),
+                              (["--url", url, "--timeout", "-5"], "timeout must be a number of seconds > 0"),
+                              (["--url", url, "--max-retries", "-1"], "max_retries must be an integer >= 0")):
+            proc = subprocess.run([CLI, *args, "--model", "m", "-i", str(source), "-o", str(tmp_path / "o.npy")],
+                                  capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
+    assert not (tmp_path / "o.npy").exists()

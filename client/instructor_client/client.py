@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import numpy as np
@@ -90,6 +90,8 @@ class _Endpoints:
         tokens = _per_url("token", token, len(urls))
         key_files = _per_url("key_file", key_file, len(urls))
         self.targets: list[tuple[str, dict[str, str]]] = []
+        for base in urls:
+            _check_url(base)
         for base, tok, keys in zip(urls, tokens, key_files, strict=True):
             resolved = resolve_token(tok, keys)
             headers = {"Content-Type": "application/json"}
@@ -107,6 +109,16 @@ class _Endpoints:
     def pick(self, first: int, attempt: int) -> tuple[str, dict[str, str]]:
         """The server for ``attempt`` of a request: a retry moves on to the next server."""
         return self.targets[(first + attempt) % len(self.targets)]
+
+
+def _check_url(url: Any) -> None:
+    """ValueError for a base URL httpx cannot send to: without the check, every request fails as a transport
+    error that is retried with backoff, and the run stops after seconds with "cannot reach"."""
+    if not isinstance(url, str):
+        raise ValueError(f"url must be a string like {DEFAULT_URL!r}; got {type(url).__name__}")
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"url {url!r} must start with http:// or https:// and name a host, like {DEFAULT_URL!r}")
 
 
 def _per_url(name: str, value: Any, n: int) -> list[Any]:
@@ -128,6 +140,12 @@ class _ClientBase:
                  batch_size: int = DEFAULT_BATCH_SIZE, concurrency: int | str = DEFAULT_CONCURRENCY,
                  truncate: bool = True, max_pairs_per_request: int = MAX_PAIRS_PER_REQUEST,
                  max_request_bytes: int = MAX_REQUEST_BYTES, encoding: str = DEFAULT_ENCODING) -> None:
+        # Checked here: httpx takes 0 (every request times out at once, reported as "cannot reach") and answers
+        # a negative one with "Timeout value out of range", naming nothing.
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a number of seconds > 0; got {timeout!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an integer >= 0; got {max_retries!r}")
         self.model = model
         self.max_pairs_per_request = max_pairs_per_request
         self.batch_size = check_batch_size(batch_size, max_pairs_per_request)
