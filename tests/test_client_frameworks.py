@@ -88,6 +88,11 @@ def test_encode_of_no_sentences_is_an_empty_result_as_sentence_transformers_retu
     assert model.encode([], normalize_embeddings=True).shape == (0,)
     assert tuple(model.encode([], convert_to_tensor=True).shape) == (0,)
     assert asyncio.run(_aencode(server, [])).shape == (0,)
+    # A vector store adding no documents asks for none: LangChain's adapter answers [], normalized or not.
+    for kwargs in ({}, {"normalize_embeddings": True}):
+        emb = InstructorEmbeddings(url=server.inference_url, model_name=NAME, key_file=server.key_file,
+                                   encode_kwargs=kwargs)
+        assert emb.embed_documents([]) == [] and asyncio.run(emb.aembed_documents([])) == [], kwargs
 
 
 async def _aencode(server: TorchServe, pairs):

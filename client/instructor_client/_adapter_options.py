@@ -42,5 +42,7 @@ def checked_kwargs(value: Mapping[str, Any] | None, allowed: frozenset[str], nam
 
 def normalized(vectors: list[list[float]]) -> list[list[float]]:
     """encode_kwargs normalize_embeddings=True: unit length (INSTRUCTOR's vectors are already)."""
+    if not len(vectors):
+        return []  # no documents: numpy's empty array has no axis 1 to normalize along
     array = np.asarray(vectors, dtype=np.float32)
     return (array / np.clip(np.linalg.norm(array, axis=1, keepdims=True), 1e-12, None)).tolist()
