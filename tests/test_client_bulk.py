@@ -341,3 +341,29 @@ def test_a_url_without_http_or_a_timeout_of_0_is_a_usage_error_at_once(tmp_path)
                                   capture_output=True, text=True, timeout=120)
             assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
     assert not (tmp_path / "o.npy").exists()
+
+
+def _strict_json(line: str) -> object:
+    def refuse(constant: str) -> object:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_nan_and_infinity_ids_leave_every_output_file_valid_json(tmp_path):
+    # Python's json reads NaN / Infinity in a JSONL input; written back as they are, the outputs were not JSON.
+    lines = [f'{{"id": {token}, "instruction": "{INSTRUCTION}", "text": "row {i}"}}'
+             for i, token in enumerate(("NaN", "Infinity", "-Infinity", "7"))]
+    lines.append('{"id": NaN, "instruction": "x"}')  # a bad row: its id goes to the failures file
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with stand_in_server() as url:
+        for output in ("out.jsonl", "out.npy"):
+            proc = embed_cli(url, "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / output))
+            assert proc.returncode == EXIT_ROWS, proc.stderr
+    written = {name: [_strict_json(line) for line in (tmp_path / name).read_text().splitlines()]
+               for name in ("out.jsonl", "out.ids.jsonl", "out.npy.failures.jsonl")}
+    assert [row["id"] for row in written["out.jsonl"]] == ["NaN", "Infinity", "-Infinity", 7]
+    assert [row["id"] for row in written["out.ids.jsonl"]] == ["NaN", "Infinity", "-Infinity", 7]
+    assert [(row["line"], row["id"]) for row in written["out.npy.failures.jsonl"]] == [(5, "NaN")]
+    kept = [{"instruction": INSTRUCTION, "text": f"row {i}"} for i in range(4)]
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected(kept))

@@ -16,6 +16,7 @@ import codecs
 import csv
 import hashlib
 import json
+import math
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -153,8 +154,13 @@ def _to_row(line: int, record: dict[str, Any], spec: InputSpec) -> Row | BadRow:
 
 
 def normalize_id(value: Any) -> Any:
-    """An id the outputs can hold: str/int/float/bool as they are, "" as None, bytes as UTF-8 text (or
-    ``0x`` + hex when they are not UTF-8), anything else (dates, decimals, lists) as its text."""
+    """An id the outputs can hold: str/int/float/bool as they are, "" as None, NaN and infinities as their JSON
+    text, bytes as UTF-8 text (or ``0x`` + hex when they are not UTF-8), anything else (dates, decimals, lists)
+    as its text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        # JSONL's NaN / Infinity (Python's json reads them): written back as they are, they would make the
+        # JSONL outputs and the failures file invalid JSON for every strict reader; their JSON text instead.
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if value is None or value == "" or isinstance(value, (str, int, float, bool)):
         return None if value == "" else value
     if isinstance(value, (bytes, bytearray, memoryview)):
