@@ -29,6 +29,7 @@ import orjson
 from handler import protocol_kserve, protocol_openai
 from handler.errors import InvalidInput, NotFound, ServiceError
 from handler.protocol_types import ModelIdentity, Protocol, Reply
+from handler.request_parsing import FORMS as _NATIVE_FORMS
 from handler.request_parsing import ParsedRequest, decode_json, parse_request
 from handler.request_state import RequestState
 from handler.settings import Settings
@@ -83,11 +84,14 @@ def parse_row(row: Mapping[str, Any], headers: Mapping[str, str] | None, setting
         raw = request_body(row)
         if raw is None and (form_error := _form_error(row, lowered.get("content-type", ""))) is not None:
             raise form_error
+        _check_content_encoding(lowered.get("content-encoding", ""))
         if protocol in (Protocol.UNKNOWN, Protocol.V2) and protocol_kserve.BINARY_HEADER in lowered:
             protocol = Protocol.V2
             body = protocol_kserve.split_binary(raw, lowered[protocol_kserve.BINARY_HEADER])
+        elif isinstance(raw, (bytes, bytearray, memoryview, str)):
+            body = decode_json(raw, _route_forms(protocol, kserve_route, model))
         else:
-            body = decode_json(raw) if isinstance(raw, (bytes, bytearray, memoryview, str)) else raw
+            body = raw
         if kserve_route and isinstance(body, dict) and "instances" in body:
             protocol = Protocol.V1
         elif protocol is Protocol.UNKNOWN:
@@ -97,6 +101,23 @@ def parse_row(row: Mapping[str, Any], headers: Mapping[str, str] | None, setting
         # Without its traceback: the frames hold the parsed body, and exception -> traceback -> frame ->
         # exception is a cycle that only a full GC frees.
         return RequestState(protocol=protocol, error=error.with_traceback(None))
+
+
+def _check_content_encoding(encoding: str) -> None:
+    """TorchServe hands the body over as it came: a compressed one would only get "not valid JSON"."""
+    if encoding.strip().lower() not in ("", "identity"):
+        raise InvalidInput(f"header Content-Encoding: {encoding}: compressed bodies are not accepted; send the "
+                           "JSON uncompressed")
+
+
+def _route_forms(protocol: Protocol, kserve_route: bool, model: ModelIdentity) -> str:
+    """What the route takes, for the message of an empty body: the forms of the protocol the client called."""
+    if protocol is Protocol.OPENAI:
+        return f'{{"model": "{model.name}", "input": ["text", ...]}}'
+    if kserve_route:
+        return ('{"instances": [[instruction, text], ...]} (KServe v1) or {"inputs": [{"name": "pairs", '
+                '"datatype": "BYTES", "shape": [n, 2], "data": [[instruction, text], ...]}]} (KServe v2)')
+    return _NATIVE_FORMS
 
 
 def _predictions_route(url_path: str) -> Protocol:

@@ -26,7 +26,7 @@ from handler.settings import Settings
 Pair = tuple[str, str]
 _ALLOWED_KEYS = ("inputs", "instruction", "sentences", "truncate", "encoding_format")
 ENCODING_FORMATS = ("float", "base64")
-_FORMS = ('{"inputs": [instruction, sentence]}, {"inputs": [[instruction, sentence], ...]} '
+FORMS = ('{"inputs": [instruction, sentence]}, {"inputs": [[instruction, sentence], ...]} '
           'or {"instruction": ..., "sentences": [...]}')
 
 
@@ -45,7 +45,7 @@ def parse_request(body: Any, settings: Settings) -> ParsedRequest:
     if isinstance(body, (bytes, bytearray, memoryview, str)):
         body = decode_json(body)
     if not isinstance(body, dict):
-        raise InvalidInput(f"the request body must be a JSON object like {_FORMS}; got {json_type(body)}")
+        raise InvalidInput(f"the request body must be a JSON object like {FORMS}; got {json_type(body)}")
     unknown = [key for key in body if key not in _ALLOWED_KEYS]
     if unknown:
         raise InvalidInput(f"unknown field {unknown[0]!r}; allowed fields: {', '.join(_ALLOWED_KEYS)}")
@@ -65,7 +65,7 @@ def parse_request(body: Any, settings: Settings) -> ParsedRequest:
         pairs = _parse_compact(body, settings)
         single = False
     else:
-        raise InvalidInput(f"missing field 'inputs'; expected {_FORMS}")
+        raise InvalidInput(f"missing field 'inputs'; expected {FORMS}")
     return ParsedRequest(pairs=pairs, single=single, truncate=truncate, encoding_format=encoding_format)
 
 
@@ -155,12 +155,13 @@ def check_count(count: int, field: str, settings: Settings) -> None:
         )
 
 
-def decode_json(raw: bytes | bytearray | memoryview | str) -> Any:
-    """Decode a raw body (InvalidInput if empty or not JSON), with the collector paused."""
+def decode_json(raw: bytes | bytearray | memoryview | str, forms: str = FORMS) -> Any:
+    """Decode a raw body (InvalidInput if empty or not JSON), with the collector paused. ``forms``: what the
+    route takes, for the message of an empty body."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8", errors="surrogatepass")
     if not raw or not bytes(raw).strip():
-        raise InvalidInput(f"the request body is empty; send JSON like {_FORMS}")
+        raise InvalidInput(f"the request body is empty; send JSON like {forms}")
     try:
         with _gc_paused():
             return orjson.loads(raw)
