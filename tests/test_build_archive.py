@@ -253,3 +253,15 @@ def test_build_refuses_bad_settings_before_doing_any_work(flag, message, tmp_pat
     assert not (tmp_path / "s").exists()
 
 
+
+
+def test_a_store_that_cannot_be_a_directory_is_a_clear_error_not_a_traceback(tiny_models, tmp_path):
+    in_the_way = tmp_path / "store"
+    in_the_way.write_text("a file where the store should be")
+    for store in (in_the_way, in_the_way / "sub"):
+        proc = run_script("build_archive.sh", "--model", str(tiny_models["tiny-instructor-relu"]), "--name", "t",
+                          "--store", str(store))
+        assert proc.returncode == 1, proc.stderr
+        assert f"build_archive: error: --store {store}: cannot use it as the model store" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert in_the_way.read_text() == "a file where the store should be"

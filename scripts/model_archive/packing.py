@@ -114,12 +114,16 @@ def build_archive(
     model_dir = resolve_model(str(model), revision)
     files = validate_model_dir(model_dir)
     store = Path(store)
+    try:  # before the staging, which takes a while: a store that cannot be written is known at once
+        store.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BuildError(f"--store {store}: cannot use it as the model store ({e.strerror or e}); pass a "
+                         "directory you can write to.") from None
     with tempfile.TemporaryDirectory(prefix="instructor-stage-") as tmp:
         stage_dir = Path(tmp) / "root"
         staged_model = stage(model_dir, files, handler_dir, stage_dir, extra_files)
         check_staged_model(model_dir, staged_model)
         config_file = Path(tmp) / CONFIG_FILE_NAME
         config_file.write_text(render_model_config(spec))
-        store.mkdir(parents=True, exist_ok=True)
         return run_archiver(name, stage_dir, config_file, store.resolve(), fmt, entry)
 
