@@ -367,3 +367,21 @@ def test_nan_and_infinity_ids_leave_every_output_file_valid_json(tmp_path):
     assert [(row["line"], row["id"]) for row in written["out.npy.failures.jsonl"]] == [(5, "NaN")]
     kept = [{"instruction": INSTRUCTION, "text": f"row {i}"} for i in range(4)]
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected(kept))
+
+
+def test_a_parts_folder_of_the_previous_row_numbering_is_not_resumed(tmp_path):
+    # Version 2 parts folders number the good rows as the reader did before CSV rows with extra fields became
+    # bad rows: resuming one could file stored vectors under other rows.
+    data = records(40)
+    data[7]["text"] = "y" * 30_000  # refused by the server: the parts folder stays for --resume
+    source = write_jsonl(tmp_path / "in.jsonl", data)
+    output = tmp_path / "out.parquet"
+    with stand_in_server(Behaviour(max_chars=20_000)) as url:
+        assert embed_cli(url, "-i", str(source), "-o", str(output)).returncode == EXIT_ROWS
+        manifest_path = tmp_path / "out.parquet.parts" / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest["version"] = 2
+        manifest_path.write_text(json.dumps(manifest))
+        resumed = embed_cli(url, "-i", str(source), "-o", str(output), "--resume")
+    assert resumed.returncode == 2, resumed.stderr
+    assert "version: 2 then, 3 now" in resumed.stderr and "--overwrite" in resumed.stderr

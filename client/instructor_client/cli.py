@@ -43,6 +43,7 @@ from instructor_client.progress import progress_bar
 from instructor_client.transport import Batch
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ROWS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+MANIFEST_VERSION = 3
 
 EPILOG = f"""\
 input formats (by file name, or --input-format):
@@ -225,8 +226,10 @@ def _run(args: argparse.Namespace) -> int:
             _say(f"stopped: {error}\nnothing was sent but the probe request; fix the server or the options "
                  "and run again (--resume continues an interrupted run)\n  failed    0 row(s)")
             return EXIT_FAILED
-        manifest = {"version": 2, "input_sha256": sha256, "input_format": fmt, "instruction": args.instruction,
-                    "fields": [args.instruction_field, args.text_field, spec.id_field], "model": args.model,
+        # Version 3: CSV rows with more fields than the header became bad rows, which renumbers the good rows
+        # that stored chunks are keyed by; a parts folder of version 2 must not be resumed with this reader.
+        manifest = {"version": MANIFEST_VERSION, "input_sha256": sha256, "input_format": fmt,
+                    "instruction": args.instruction, "fields": [args.instruction_field, args.text_field, spec.id_field], "model": args.model,
                     "urls": urls, "truncate": not args.no_truncate, "probe": probe}
         # The URL is not compared strictly: a server that moved still serves the same model if the probe
         # vector says so; the probe, not the address, is what the vectors come from.
