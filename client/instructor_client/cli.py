@@ -229,7 +229,8 @@ def _run(args: argparse.Namespace) -> int:
         # Version 3: CSV rows with more fields than the header became bad rows, which renumbers the good rows
         # that stored chunks are keyed by; a parts folder of version 2 must not be resumed with this reader.
         manifest = {"version": MANIFEST_VERSION, "input_sha256": sha256, "input_format": fmt,
-                    "instruction": args.instruction, "fields": [args.instruction_field, args.text_field, spec.id_field], "model": args.model,
+                    "instruction": args.instruction,
+                    "fields": [args.instruction_field, args.text_field, spec.id_field], "model": args.model,
                     "urls": urls, "truncate": not args.no_truncate, "probe": probe}
         # The URL is not compared strictly: a server that moved still serves the same model if the probe
         # vector says so; the probe, not the address, is what the vectors come from.
