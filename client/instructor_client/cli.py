@@ -53,8 +53,9 @@ input formats (by file name, or --input-format):
   .txt     one text per line, all with --instruction
   A row without an instruction takes --instruction. A field named by --text-field, --instruction-field
   or --id-field that the input does not have is refused before anything is sent, with the columns found.
-  Bad rows (missing field, empty text, broken JSON, invalid UTF-8) are listed with their line numbers and
-  skipped, or stop the run before anything is sent with --strict.
+  Bad rows (missing field, empty text, broken JSON, invalid UTF-8, a CSV row with more fields than the
+  header) are listed with their line numbers and skipped, or stop the run before anything is sent with
+  --strict.
 
 output formats (by file name): {', '.join(OUTPUT_FORMATS)}
   .parquet columns line, id, vector (fixed-size list of float32)
