@@ -385,3 +385,12 @@ def test_a_parts_folder_of_the_previous_row_numbering_is_not_resumed(tmp_path):
         resumed = embed_cli(url, "-i", str(source), "-o", str(output), "--resume")
     assert resumed.returncode == 2, resumed.stderr
     assert "version: 2 then, 3 now" in resumed.stderr and "--overwrite" in resumed.stderr
+
+
+def test_an_output_under_a_file_is_a_usage_error_not_a_traceback(tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", records(2))
+    (tmp_path / "afile").write_text("not a folder")
+    with stand_in_server() as url:
+        proc = embed_cli(url, "-i", str(source), "-o", str(tmp_path / "afile" / "out.npy"))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "cannot create its folder" in proc.stderr

@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, IsADirectoryError, ResumeError) as exc:
         _say(f"error: {exc}")
         return EXIT_USAGE
+    except OSError as exc:  # disk full, permissions: said in one line, not as a traceback
+        _say(f"error: {exc}\nfinished requests stay stored; --resume continues once the cause is fixed")
+        return EXIT_FAILED
 
 
 class _Failures:
@@ -195,6 +198,14 @@ def _run(args: argparse.Namespace) -> int:
     if not args.input.is_file():
         raise FileNotFoundError(f"--input {args.input} does not exist or is not a file")
     _refuse_writing_over_the_input(args.input, args.output)
+    # The output's folder holds the parts folder too: known unusable before the probe, not after it.
+    folder = args.output.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--output {args.output}: cannot create its folder {folder} ({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--output {args.output}: cannot write in its folder {folder}")
     make_limit(args.concurrency)
     fmt = detect_format(args.input) if args.input_format == "auto" else args.input_format
     spec = InputSpec(path=args.input, format=fmt, instruction=args.instruction, text_field=args.text_field,
