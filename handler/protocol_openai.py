@@ -76,11 +76,16 @@ def _inputs(value: Any, settings: Settings) -> list[str]:
         raise InvalidInput(f"'input' must be a string or a list of strings; got {json_type(value)}")
     if not value:
         raise InvalidInput("'input' is empty; send a string or a list of strings")
-    if all(isinstance(item, int) and not isinstance(item, bool) for item in value) or any(
-            isinstance(item, list) for item in value):
+    # Token arrays are lists of integers (or one such list); a list holding lists of strings is no token array
+    # and is told which item is not a string, below.
+    if _token_ids(value) or any(isinstance(item, list) and _token_ids(item) for item in value):
         raise InvalidInput(f"'input': {_TOKENS_HINT}")
     check_count(len(value), "input", settings)
     return [checked_string(item, f"input[{index}]", settings) for index, item in enumerate(value)]
+
+
+def _token_ids(value: list[Any]) -> bool:
+    return all(isinstance(item, int) and not isinstance(item, bool) for item in value)
 
 
 def render(request: ParsedRequest, vectors: np.ndarray, tokens: int, model: ModelIdentity) -> Reply:

@@ -93,3 +93,14 @@ def test_form_encoded_bodies_say_what_to_send():
     assert "arrived as form fields" in fields.error.message
     upload = parse_row({"file": {"inputs": ["a", "b"]}}, {"url_path": ""}, SETTINGS, MODEL)
     assert upload.error is None and upload.request.pairs == [("a", "b")]
+
+
+@pytest.mark.parametrize("value,message", [
+    ([["a", "b"]], "input[0] must be a string; got a list"),
+    (["a", ["b"]], "input[1] must be a string; got a list"),
+    ([[1, 2], [3]], "token arrays are not accepted"),
+])
+def test_nested_lists_of_strings_are_named_by_item_not_called_token_arrays(value, message):
+    # A list holding a list of strings (e.g. a [instruction, text] pair) is no token array: the message said so.
+    state = parse({"model": "tiny", "input": value})
+    assert isinstance(state.error, InvalidInput) and message in state.error.message, state.error
