@@ -95,6 +95,14 @@ def test_encode_of_no_sentences_is_an_empty_result_as_sentence_transformers_retu
         assert emb.embed_documents([]) == [] and asyncio.run(emb.aembed_documents([])) == [], kwargs
 
 
+def test_encode_takes_numpy_arrays_as_1_0_1_and_sentence_transformers_do(model, pairs_1_0_1, texts_1_0_1):
+    # model.encode(df["text"].values) is how many users call it; it was a TypeError.
+    pairs, want = pairs_1_0_1
+    texts, want_texts = texts_1_0_1
+    close(model.encode(np.array(texts)), want_texts)
+    close(model.encode(np.array([list(pair) for pair in pairs]), batch_size=8), want)
+
+
 async def _aencode(server: TorchServe, pairs):
     async with AsyncInstructorClient(server.inference_url, NAME, key_file=server.key_file) as client:
         return await client.encode(pairs)

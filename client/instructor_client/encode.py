@@ -15,7 +15,7 @@ with a ValueError naming the row, instead of being embedded wrongly.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set, Sized
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -74,12 +74,22 @@ def prepare(sentences: Any, *, batch_size: int = DEFAULT_BATCH_SIZE, show_progre
         raise TypeError(f"prompt must be a string; got {type(prompt).__name__}")
     single = isinstance(sentences, str)
     rows = [sentences] if single else sentences
+    if _array_like(rows):
+        # numpy arrays (df["text"].values) and the like: 1.0.1 and sentence-transformers take anything with a
+        # length; read in iteration order (a pandas Series by position, not by its index labels).
+        rows = list(rows)
     if not isinstance(rows, Sequence) or isinstance(rows, (bytes, bytearray)):
         raise TypeError(f"sentences must be a string, a list of strings or a list of [instruction, text]; "
                         f"got {type(sentences).__name__}")
     return EncodeCall(pairs=_pairs(rows, prompt or ""), single=single, batch_size=batch_size,
                       progress=bool(show_progress_bar), convert_to_numpy=convert_to_numpy,
                       convert_to_tensor=convert_to_tensor, normalize=normalize_embeddings)
+
+
+def _array_like(value: Any) -> bool:
+    """A sized iterable that is not a Sequence, a string or a mapping: a numpy array or a pandas Series."""
+    return (isinstance(value, Sized) and isinstance(value, Iterable) and not isinstance(value, Sequence)
+            and not isinstance(value, (str, bytes, bytearray, Mapping, Set)))
 
 
 def _pairs(rows: Sequence[Any], prompt: str) -> list[tuple[str, str]]:
@@ -97,6 +107,8 @@ def _pairs(rows: Sequence[Any], prompt: str) -> list[tuple[str, str]]:
         if not as_pairs:
             raise ValueError(f"sentences[{index}] is {type(row).__name__} but sentences[0] is a string: "
                              "send all rows as strings or all as [instruction, text]")
+        if _array_like(row):
+            row = list(row)  # a row of a 2-D numpy array of [instruction, text]
         if not isinstance(row, Sequence) or len(row) != 2 or not all(isinstance(part, str) for part in row):
             raise ValueError(f"sentences[{index}] must be [instruction, text] (two strings); got {row!r:.80}")
         pairs.append((row[0], row[1]))
