@@ -20,6 +20,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from handler.admission import BudgetKeeper, admit
 from handler.encoder import EncodeStats, InstructorEncoder, PendingEmbeddings, TokenizedPair, unpoolable
 from handler.errors import InputTooLong, InternalError, ServiceError
@@ -130,7 +132,9 @@ class DynamicBatch:
 
     def _reply_bytes(self, state: RequestState) -> int:
         wire = state.wire if state.protocol is Protocol.NATIVE else Wire.FLOAT
-        return predicted_bytes(wire, len(state.request.pairs), self.worker.encoder.dimension)
+        # A KServe v2 "id" comes back in the answer: up to a body's size each, it must count against the budget.
+        echoed = len(orjson.dumps(state.request.request_id)) if state.request.request_id else 0
+        return predicted_bytes(wire, len(state.request.pairs), self.worker.encoder.dimension) + echoed
 
     def _chunks(self) -> list[list[int]]:
         """Indices of the admitted requests in order, cut into chunks of about stage_chunk_pairs pairs."""

@@ -195,3 +195,29 @@ def test_instructions_evicted_from_the_length_cache_mid_batch_never_fail_a_reque
     monkeypatch.setattr(handler.encoder, "_instruction_lengths", {})
     expected = handler.encoder.encode([tuple(p) for p in mixed]).vectors
     np.testing.assert_allclose(np.array(results[0][1]), expected, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def reply_budgeted(tmp_path_factory, tiny_models):
+    # The floor of a request alone is the largest valid reply (256 x 48 JSON floats, ~197 KB): just above it.
+    return make_handler(tmp_path_factory.mktemp("reply"), tiny_models["tiny-instructor-relu"],
+                        max_batch_request_chars=1_000_000, max_batch_request_tokens=1_000_000,
+                        max_batch_reply_bytes=200_000)
+
+
+def test_a_kserve_v2_id_echoed_in_the_answer_counts_against_the_reply_budget(reply_budgeted):
+    """Each id comes back in its answer: 20,000-character ids, uncounted, let replies over the budget through."""
+    from ts.context import RequestProcessor
+
+    handler, context = reply_budgeted
+    bodies = [{"id": f"{i:02d}" * 10_000, "inputs": [{"name": "pairs", "datatype": "BYTES", "shape": [1, 2],
+                                                  "data": [INSTRUCTION, f"text {i}"]}]} for i in range(12)]
+    set_batch(context, len(bodies))
+    context.request_processor = [RequestProcessor({"explain": "True"}) for _ in bodies]  # the /v2 route
+    out = handler.handle([{"body": orjson.dumps(body)} for body in bodies], context)
+    statuses = [context.get_response_status(i)[0] for i in range(len(bodies))]
+    answered = [len(raw) for status, raw in zip(statuses, out, strict=True) if status == 200]
+    assert sum(answered) <= 200_000 and statuses[0] == 200 and 503 in statuses, statuses
+    refused = orjson.loads(out[statuses.index(503)])
+    assert "max_batch_reply_bytes" in refused["error"]
+    assert orjson.loads(out[0])["id"] == bodies[0]["id"]
