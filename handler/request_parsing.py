@@ -27,7 +27,7 @@ Pair = tuple[str, str]
 _ALLOWED_KEYS = ("inputs", "instruction", "sentences", "truncate", "encoding_format")
 ENCODING_FORMATS = ("float", "base64")
 FORMS = ('{"inputs": [instruction, sentence]}, {"inputs": [[instruction, sentence], ...]} '
-          'or {"instruction": ..., "sentences": [...]}')
+         'or {"instruction": ..., "sentences": [...]}')
 
 
 @dataclasses.dataclass(frozen=True)
