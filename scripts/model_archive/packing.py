@@ -114,16 +114,33 @@ def build_archive(
     model_dir = resolve_model(str(model), revision)
     files = validate_model_dir(model_dir)
     store = Path(store)
-    try:  # before the staging, which takes a while: a store that cannot be written is known at once
-        store.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BuildError(f"--store {store}: cannot use it as the model store ({e.strerror or e}); pass a "
-                         "directory you can write to.") from None
+    _check_store(store)  # before the staging, which takes a while; nothing is created for a build that fails
     with tempfile.TemporaryDirectory(prefix="instructor-stage-") as tmp:
         stage_dir = Path(tmp) / "root"
         staged_model = stage(model_dir, files, handler_dir, stage_dir, extra_files)
         check_staged_model(model_dir, staged_model)
         config_file = Path(tmp) / CONFIG_FILE_NAME
         config_file.write_text(render_model_config(spec))
+        try:
+            store.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _store_error(store, e.strerror or str(e)) from None
         return run_archiver(name, stage_dir, config_file, store.resolve(), fmt, entry)
 
+
+def _check_store(store: Path) -> None:
+    """BuildError unless ``store`` is, or can be made, a directory this process writes to (created later)."""
+    existing = store
+    while not existing.exists():
+        if existing.is_symlink() or existing.parent == existing:  # a dangling link, or nothing exists at all
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise _store_error(store, f"{existing} is not a directory")
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        raise _store_error(store, f"{existing} is not writable")
+
+
+def _store_error(store: Path, why: str) -> BuildError:
+    return BuildError(f"--store {store}: cannot use it as the model store ({why}); pass a directory you can "
+                      "write to.")
