@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ import pytest
 from tests.tiny_models import DENSE_OUT
 from tests.torchserve_harness import (
     TorchServe,
+    post_bytes,
     served_models,
 )
 
@@ -125,26 +124,16 @@ def test_kserve_rest_client_v2_infer_request_names_the_model_in_the_body(server,
     close(v1["predictions"], want)
 
 
-def post(ts: TorchServe, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://127.0.0.1:{ts.ports['inference']}{path}", data=body,
-                                     headers={**auth(ts), **headers})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def test_answers_are_in_the_protocol_of_the_route(server):
     json_type = {"Content-Type": "application/json"}
     native = json.dumps({"inputs": [["", "x"]]}).encode()
-    status, body = post(server, f"/v2/models/{NAME}/infer", native, json_type)
+    status, body = post_bytes(server, f"/v2/models/{NAME}/infer", native, json_type)
     assert status == 400 and list(body) == ["error"] and "inputs[0]" in body["error"], body
     kserve = json.dumps({"instances": [["", "x"]]}).encode()
-    status, body = post(server, f"/predictions/{NAME}", kserve, json_type)
+    status, body = post_bytes(server, f"/predictions/{NAME}", kserve, json_type)
     assert status == 400 and "unknown field 'instances'" in body["message"], body
     # A shape that disagrees with its data is a 400, however large the shape.
     lying = json.dumps({"inputs": [{"name": "pairs", "datatype": "BYTES", "shape": [100000, 2],
                                     "data": ["", "x"]}]}).encode()
-    status, body = post(server, f"/v2/models/{NAME}/infer", lying, json_type)
+    status, body = post_bytes(server, f"/v2/models/{NAME}/infer", lying, json_type)
     assert status == 400 and "inputs[0].data has 2 elements" in body["error"], body

@@ -20,6 +20,7 @@ import pytest
 from tests.tiny_models import DENSE_OUT
 from tests.torchserve_harness import (
     TorchServe,
+    post_bytes,
     served_models,
 )
 
@@ -29,6 +30,7 @@ MODEL = "tiny-instructor-gated"
 NAME = "tiny"
 NAME_WITH_INSTRUCTION = "tiny-titles"
 TITLE = "Represent the Science title:"
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -177,33 +179,22 @@ def test_curl_without_a_content_type_gets_a_400_saying_what_to_send(server):
     assert caught.value.code == 400 and "Content-Type: application/json" in error["message"], error
 
 
-def _post(server: TorchServe, path: str, body: bytes, **headers: str) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://127.0.0.1:{server.ports['inference']}{path}", data=body,
-                                     headers={"Authorization": f"Bearer {server.keys().inference}",
-                                              "Content-Type": "application/json", **headers})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def test_an_empty_or_compressed_body_is_told_the_forms_of_the_route_it_called(server):
     """Not this project's native forms on the OpenAI or KServe routes, nor "not valid JSON" for gzip."""
     openai_route = f"/predictions/{NAME}/1.0/v1/embeddings"
-    status, body = _post(server, openai_route, b"  ")
+    status, body = post_bytes(server, openai_route, b"  ", JSON)
     assert status == 400 and f'{{"model": "{NAME}", "input"' in body["error"]["message"], body
     assert '"inputs"' not in body["error"]["message"]
     for path in (f"/v1/models/{NAME}:predict", f"/v2/models/{NAME}/infer"):
-        status, body = _post(server, path, b"  ")
+        status, body = post_bytes(server, path, b"  ", JSON)
         assert status == 400 and '{"instances"' in body["error"] and '"datatype": "BYTES"' in body["error"], body
-    status, body = _post(server, f"/predictions/{NAME}", b"")
+    status, body = post_bytes(server, f"/predictions/{NAME}", b"", JSON)
     assert status == 400 and '{"inputs": [instruction, sentence]}' in body["message"], body
     compressed = gzip.compress(json.dumps({"model": NAME, "input": "x"}).encode())
-    status, body = _post(server, openai_route, compressed, **{"Content-Encoding": "gzip"})
+    status, body = post_bytes(server, openai_route, compressed, {**JSON, "Content-Encoding": "gzip"})
     assert status == 400 and "Content-Encoding: gzip" in body["error"]["message"], body
-    assert _post(server, openai_route, json.dumps({"model": NAME, "input": "x"}).encode(),
-                 **{"Content-Encoding": "identity"})[0] == 200
+    assert post_bytes(server, openai_route, json.dumps({"model": NAME, "input": "x"}).encode(),
+                      {**JSON, "Content-Encoding": "identity"})[0] == 200
 
 
 def test_a_multipart_upload_of_the_json_file_is_embedded(server, texts):

@@ -15,11 +15,14 @@ key_file.json, and stops it and every worker at exit, on failure too.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +31,8 @@ from typing import Any
 from scripts import launcher
 from scripts.launcher import Keys, Response, Server, free_ports, process_alive
 
-__all__ = ["REPO", "Keys", "Response", "TorchServe", "build_with_script", "free_ports", "process_alive",
-           "register_with_script", "run_script", "running_torchserve", "scripts_env"]
+__all__ = ["REPO", "Keys", "Response", "TorchServe", "build_with_script", "free_ports", "post_bytes",
+           "process_alive", "register_with_script", "run_script", "running_torchserve", "scripts_env"]
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -140,3 +143,15 @@ def served_models(store: Path, models: Mapping[str, tuple[Path, Sequence[str]]],
         for name in models:
             register_with_script(ts, name, "--workers", "1")
         yield ts
+
+
+def post_bytes(ts: Server, path: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, dict]:
+    """POST ``body`` exactly as given (``Server.call`` sends JSON of a value) to the inference API with the
+    inference key: (status, the JSON answer), error statuses included."""
+    request = urllib.request.Request(f"http://127.0.0.1:{ts.ports['inference']}{path}", data=body,
+                                     headers={"Authorization": f"Bearer {ts.keys().inference}", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
