@@ -135,16 +135,7 @@ class InstructorEncoder:
 
     def __init__(self, model_dir: str | Path, settings: Settings | None = None,
                  device: str | torch.device = "cpu") -> None:
-        self.settings = settings or Settings()
-        self.device = torch.device(device)
-        self.files: ModelDirectory = read_model_directory(model_dir)
-        self.precision = resolve_precision(self.settings.precision, self.device)
-        self.mode = self._resolve_mode(self.settings.instruction_mode)
-        self.max_seq_length = self.settings.max_seq_length or self.files.max_seq_length or 512
-        self.settings.check_fits(self.max_seq_length)  # the model's own value may exceed the budget
-        self._tokenizer = BoundedTokenizer(self.files.tokenizer_file, self.max_seq_length)
-        self._instruction_lengths: dict[str, int] = {}
-
+        self._prepare(model_dir, settings, device)
         started = time.perf_counter()
         self._model, self.pad_token_id = _load_transformer(self.files, self.precision, self.device)
         self._accelerated = accelerate(self._model, self.device, self.precision, self.settings)  # None: CPU, fp32, int8
@@ -155,6 +146,25 @@ class InstructorEncoder:
             self.files.root, self.files.model_type, self.precision.value, self.mode.value,
             self.max_seq_length, self.dimension, self.device, time.perf_counter() - started,
         )
+
+    def _prepare(self, model_dir: str | Path, settings: Settings | None, device: str | torch.device) -> None:
+        """Everything but the model: settings, model files, precision, mode, tokenizer (a subclass that
+        embeds elsewhere, handler/engine_client.py, stops here)."""
+        self.settings = settings or Settings()
+        self.device = torch.device(device)
+        self.files: ModelDirectory = read_model_directory(model_dir)
+        self.precision = resolve_precision(self.settings.precision, self.device)
+        self.mode = self._resolve_mode(self.settings.instruction_mode)
+        self.max_seq_length = self.settings.max_seq_length or self.files.max_seq_length or 512
+        self.settings.check_fits(self.max_seq_length)  # the model's own value may exceed the budget
+        self._tokenizer = BoundedTokenizer(self.files.tokenizer_file, self.max_seq_length)
+        self._instruction_lengths: dict[str, int] = {}
+        self._accelerated = None
+
+    @property
+    def vocabulary_size(self) -> int:
+        """Rows of the input embedding: every token id must be below it."""
+        return int(self._model.get_input_embeddings().num_embeddings)
 
     # ---- tokenization -------------------------------------------------------------------------
 

@@ -79,3 +79,9 @@ class InsufficientMemory(ServiceError):
     """A single item does not fit in accelerator memory even alone."""
 
     status: ClassVar[int] = 507
+
+
+class EngineUnavailable(ServiceError):
+    """The device engine shared by the workers (handler/engine.py) is gone or starting; retry."""
+
+    status: ClassVar[int] = 503

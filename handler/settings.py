@@ -31,6 +31,14 @@ class InstructionMode(str, enum.Enum):
     PROMPT = "prompt"  # sentence-transformers prompt: prefix pooled like any other token
 
 
+class EngineMode(str, enum.Enum):
+    """Where a worker's micro-batches run (handler/engine.py)."""
+
+    AUTO = "auto"  # shared on a GPU, in the worker on CPU
+    SHARED = "shared"  # one engine process per model and device merges every worker's work
+    WORKER = "worker"  # each worker holds its own model copy and runs its own batches
+
+
 class SettingsError(ValueError):
     """A setting has a wrong type or value; the message names the setting."""
 
@@ -78,6 +86,10 @@ class Settings:
     # at most 4 (several workers share a GPU host's cores; a batch of a few hundred pairs gains little
     # beyond 4 threads); 1 disables the pool.
     tokenizer_threads: int | None = None
+    # Where the model runs: one engine process per model and device shared by its workers (they tokenize and
+    # render; it merges their work into bulk-sized micro-batches in one CUDA context, with one weights copy),
+    # or each worker's own copy. auto: shared on a GPU, worker on CPU (CPU workers each use their own cores).
+    engine: EngineMode = EngineMode.AUTO
     # Run a few encodes at initialize so the first request does not pay for lazy init / autotuning.
     warmup: bool = True
     # CUDA + bfloat16 only (handler/acceleration.py): the fused T5 forward, and CUDA graphs for every
@@ -101,6 +113,12 @@ class Settings:
             raise SettingsError(f"setting 'max_seq_length' must be >= 2, got {self.max_seq_length}")
         if self.max_seq_length is not None:
             self.check_fits(self.max_seq_length)
+
+    def shares_engine(self, device: str) -> bool:
+        """Whether workers on ``device`` embed through the shared device engine."""
+        if self.engine is EngineMode.AUTO:
+            return device.startswith("cuda")
+        return self.engine is EngineMode.SHARED
 
     def check_fits(self, max_seq_length: int) -> None:
         """One full-length item must fit in a micro-batch (also checked with the model's own value)."""

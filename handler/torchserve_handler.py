@@ -24,6 +24,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from handler.admission import BudgetKeeper
 from handler.dynamic_batch import DynamicBatch, Worker, internal_error
 from handler.encoder import InstructorEncoder
+from handler.engine_client import SharedEncoder, make_encoder
 from handler.memory import release_after
 from handler.model_directory import ARCHIVE_MODEL_SUBDIR
 from handler.protocols import ModelIdentity, Protocol, render_error, request_body
@@ -79,10 +80,10 @@ class InstructorHandler(BaseHandler):
         configure_tokenizer_threads(threads)
         model_dir = Path(properties["model_dir"]) / ARCHIVE_MODEL_SUBDIR
         log.info("settings: %s; tokenizer threads: %d", settings.as_dict(), threads)
-        encoder = InstructorEncoder(model_dir, settings, device)
+        timeout = float(yaml_config.get("responseTimeout") or DEFAULT_RESPONSE_TIMEOUT_S)
+        encoder = make_encoder(model_dir, settings, device, settings.shares_engine(device))
         if settings.warmup:
             log.info("warm-up took %.2f s", encoder.warmup())
-        timeout = float(yaml_config.get("responseTimeout") or DEFAULT_RESPONSE_TIMEOUT_S)
         largest_reply = predicted_bytes(Wire.FLOAT, settings.max_pairs_per_request, encoder.dimension)
         budgets = BudgetKeeper(encoder, settings, timeout, largest_reply)
         self.worker = Worker(encoder, settings, budgets, HandlerMetrics(context.metrics, context.model_name),
@@ -133,6 +134,7 @@ class InstructorHandler(BaseHandler):
             "instruction_mode": encoder.mode.value,
             "precision": encoder.precision.value,
             "device": str(encoder.device),
+            "engine": "shared" if isinstance(encoder, SharedEncoder) else "worker",
             "max_pairs_per_request": settings.max_pairs_per_request,
             "max_chars_per_text": settings.max_chars_per_text,
             "batch_budgets": {"chars": budgets.chars, "tokens": budgets.tokens, "reply_bytes": budgets.reply_bytes},
