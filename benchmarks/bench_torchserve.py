@@ -72,6 +72,16 @@ class GpuSampler(threading.Thread):
         return "/".join(f"{statistics.mean(values):.0f}%" for values in per_gpu)
 
 
+def gpu_memory_mib() -> dict[int, float]:
+    """GPU memory held per process (pid -> MiB), from nvidia-smi; {} without it."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10).stdout
+        return {int(pid): float(mib) for pid, mib in (line.split(",") for line in out.splitlines() if "," in line)}
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return {}
+
+
 def build(target: str, model_dir: Path, store: Path, args: argparse.Namespace, settings: dict[str, str]) -> str:
     name = f"bench-{target}"
     baseline = target == "baseline"
@@ -131,6 +141,12 @@ def run_server(gpus: str | None, args: argparse.Namespace, model_dir: Path, targ
                 print(f"{label}: READY {time.monotonic() - started:.1f} s after registration", flush=True)
                 measured[(target, spec, workers)] = measure(server, names[target], loads[target], args, pairs,
                                                             dimension, label)
+                memory = gpu_memory_mib()  # after the loads: activations and graphs included
+                if memory:
+                    print(f"{label}: GPU memory {sum(memory.values()):,.0f} MiB in {len(memory)} processes "
+                          f"({', '.join(f'{m:,.0f}' for m in sorted(memory.values()))})", flush=True)
+                    for r in measured[(target, spec, workers)]:
+                        r.gpu_memory = (sum(memory.values()), len(memory))
             server.registrar().unregister(names[target], timeout=300)
     return measured
 
@@ -209,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
                     figures[f"{key}_requests_per_s{tail}"] = r.requests_per_s
                 if r.load.name == "single_c1":
                     figures[f"{prefix}_c1_p50_ms{tail}"] = r.percentile(0.5)
+                if r.gpu_memory:
+                    figures[f"{prefix}_gpu_memory_mib{worker_part}{run_suffix}{args.key_suffix}"] = r.gpu_memory[0]
+                    figures[f"{prefix}_gpu_processes{worker_part}{run_suffix}{args.key_suffix}"] = r.gpu_memory[1]
     notes = [f"{args.shape} (random weights, real shape); archive batchSize {args.batch_size}, maxBatchDelay "
              f"{args.max_batch_delay} ms, responseTimeout {args.response_timeout} s; handler settings "
              f"{settings or 'defaults'}; requests' encoding_format {args.encoding}; TorchServe with the "

@@ -52,6 +52,7 @@ class LoadResult:
     latencies_ms: list[float] = dataclasses.field(default_factory=list)
     first_error: str = ""
     gpu: str = "-"  # GPU utilisation seen during the window, filled in by the caller when it samples it
+    gpu_memory: tuple[float, int] | None = None  # (MiB, processes holding GPU memory) after the loads
 
     @property
     def pairs_per_s(self) -> float:

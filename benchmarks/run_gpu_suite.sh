@@ -17,6 +17,8 @@ PHASE
   twogpu     large through TorchServe on every visible GPU vs GPU 0 only, same loads, auto workers
   auto       large through TorchServe at the recommended settings only (auto workers): the noop ceiling, the
              handler with JSON and raw float32 replies (a shorter 'served')
+  engine     large through TorchServe: each worker its own model (engine=worker, auto workers) against the
+             shared device engine (the default on a GPU) at auto and 8 workers, with the noop ceiling
   bulk       instructor-embed with its defaults on 100,000 workload pairs against served large (bench_bulk)
   --quick    tiny workloads and the base shape, to check the script itself (on CPU too)
 
@@ -31,7 +33,7 @@ phase="${1:-}"
 quick=0
 [[ "${2:-}" == "--quick" ]] && quick=1
 case "$phase" in
-  inprocess|xl|served|baseline|twogpu|auto|bulk) ;;
+  inprocess|xl|served|baseline|twogpu|auto|engine|bulk) ;;
   -h|--help) usage; exit 0 ;;
   *) usage >&2; exit 2 ;;
 esac
@@ -91,6 +93,13 @@ case "$phase" in
     finish
     "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "16x64:6" \
       --encoding raw --key-suffix _raw || echo "bench_torchserve raw FAILED"
+    ;;
+  engine)
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "$loads" \
+      --setting engine=worker --key-suffix _engine_worker || echo "bench_torchserve engine=worker FAILED"
+    finish
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets noop,core --workers auto,8 --loads "$loads" \
+      --setting engine=shared || echo "bench_torchserve engine=shared FAILED"
     ;;
   bulk)
     "$py" -m benchmarks.bench_bulk --shape "$shape" --pairs $((quick == 1 ? 300 : 100000)) || echo "bench_bulk FAILED"
