@@ -20,6 +20,7 @@ import collections
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -269,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-exit-s", type=float, default=DEFAULT_IDLE_EXIT_S,
                         help=f"exit this long after the last worker left (default: {DEFAULT_IDLE_EXIT_S})")
     args = parser.parse_args(argv)
+    # scripts/stop.sh ends a server's engines with SIGTERM: leave through ``finally`` (socket and pid files).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s engine[%(process)d] %(levelname)s %(message)s")
     torch.set_float32_matmul_precision("highest")  # float32 stays 1.0.1-exact (see torchserve_handler.py)

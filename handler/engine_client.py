@@ -34,7 +34,7 @@ import torch
 
 from handler import errors
 from handler.encoder import Embeddings, EncodeStats, InstructorEncoder, TokenizedPair
-from handler.engine_wire import Reply, WireError, job_parts, parse_reply, receive_message, send_message
+from handler.engine_wire import ENGINE_FOLDER, Reply, WireError, job_parts, parse_reply, receive_message, send_message
 from handler.errors import EngineUnavailable, InternalError, ServiceError
 from handler.settings import Precision, Settings
 
@@ -62,7 +62,7 @@ def engine_socket(model_dir: Path, device: str, settings: Settings, temp_dir: st
     """The socket of the engine for these workers: one per model directory, device and settings."""
     key = hashlib.sha256(orjson.dumps([str(Path(model_dir).resolve()), device, settings.as_dict()],
                                       option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
-    folder = Path(temp_dir or tempfile.gettempdir()) / "instructor-engines"
+    folder = Path(temp_dir or tempfile.gettempdir()) / ENGINE_FOLDER
     if len(str(folder / f"{key}.sock")) > _MAX_SOCKET_PATH:
         folder = Path("/tmp") / f"instructor-engines-{os.getuid()}"
     _private_folder(folder)

@@ -19,6 +19,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+# Engines of a server live in this folder of its temp directory: sockets, pid files, logs (scripts/launcher stops
+# the engines it finds there).
+ENGINE_FOLDER = "instructor-engines"
 _LENGTH = struct.Struct("<I")
 _JOB_HEAD = struct.Struct("<QI")
 _REPLY_HEAD = struct.Struct("<QI")

@@ -22,7 +22,14 @@ from scripts.launcher.errors import CtlError
 from scripts.launcher.java import find_java
 from scripts.launcher.logs import STDOUT_LOG, start_failure, worker_errors
 from scripts.launcher.memory import Capacity
-from scripts.launcher.processes import pid_file, process_alive, process_cwd, running_pid, stop_process_tree
+from scripts.launcher.processes import (
+    pid_file,
+    process_alive,
+    process_cwd,
+    running_pid,
+    stop_engines,
+    stop_process_tree,
+)
 from scripts.launcher.rest import read_keys, request
 from scripts.launcher.server import Server
 
@@ -218,6 +225,7 @@ def stop(tmpdir: Path | None = None, timeout: float = 60.0) -> tuple[int, float]
         return None
     workdir = process_cwd(pid)
     took = stop_process_tree(pid, timeout)
+    stop_engines(pid_file(tmpdir).parent)
     pid_file(tmpdir).unlink(missing_ok=True)
     if workdir is not None:
         (workdir / "key_file.json").unlink(missing_ok=True)

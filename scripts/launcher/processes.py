@@ -107,3 +107,29 @@ def stop_process_tree(pid: int, timeout: float = 60.0) -> float:
         time.sleep(0.05)
     return time.monotonic() - started
 
+
+
+def stop_engines(tmpdir: Path, grace: float = 5.0) -> list[int]:
+    """End the device engines (handler/engine.py) of the server of ``tmpdir`` that are still running: they
+    exit by themselves a few seconds after their last worker, but "stopped" means gone. Returns their pids."""
+    try:
+        from handler.engine_wire import ENGINE_FOLDER
+    except ImportError:  # a launcher without the handler package next to it serves no engine
+        return []
+    engines = []
+    for pid_path in (Path(tmpdir) / ENGINE_FOLDER).glob("*.pid"):
+        try:
+            pid = int(pid_path.read_text().strip())
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if b"handler.engine" in command:
+            engines.append(pid)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
+        for pid in engines:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while any(process_alive(p) for p in engines) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return engines
