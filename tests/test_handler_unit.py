@@ -155,22 +155,26 @@ def test_device_follows_the_gpu_id_torchserve_assigns():
     assert select_device("0", True) == "cuda:0"
 
 
-def test_initialize_loads_the_model_on_the_assigned_gpu(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("engine", "shared"), [("auto", True), ("worker", False), ("shared", True)])
+def test_initialize_embeds_on_the_assigned_gpu_through_the_engine_the_setting_picks(tmp_path, monkeypatch, engine,
+                                                                                   shared):
     seen = {}
 
     class RecordingEncoder:
         max_seq_length = 512
         dimension = 768
 
-        def __init__(self, model_dir, settings, device):
-            seen.update(model_dir=model_dir, device=device, precision=settings.precision.value)
+    def make_encoder(model_dir, settings, device, shares):
+        seen.update(model_dir=model_dir, device=device, precision=settings.precision.value, shared=shares)
+        return RecordingEncoder()
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torchserve_handler, "InstructorEncoder", RecordingEncoder)
+    monkeypatch.setattr(torchserve_handler, "make_encoder", make_encoder)
     budgets = {"max_batch_request_chars": 100_000, "max_batch_request_tokens": 10_000}  # nothing to measure
-    context = make_ts_context(tmp_path, 1, {"handler": {"warmup": False, "precision": "bf16", **budgets}}, gpu_id=3)
+    handler_settings = {"warmup": False, "precision": "bf16", "engine": engine, **budgets}
+    context = make_ts_context(tmp_path, 1, {"handler": handler_settings}, gpu_id=3)
     InstructorHandler().initialize(context)
-    assert seen == {"model_dir": tmp_path / "model", "device": "cuda:3", "precision": "bfloat16"}
+    assert seen == {"model_dir": tmp_path / "model", "device": "cuda:3", "precision": "bfloat16", "shared": shared}
 
 
 def as_torchserve_delivers(body: bytes, content_type: str):
