@@ -38,10 +38,12 @@ from handler.encoder import InstructorEncoder, TokenizedPair
 from handler.settings import Settings
 
 # Named acceleration variants: Settings fields (CUDA + bf16 only; on CPU every variant is the Hugging Face path).
-VARIANTS: dict[str, dict[str, bool]] = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "hf": {"fast_forward": False},
     "fused": {"cuda_graphs": False},
     "default": {},
+    # CUDA graphs for bulk micro-batches too (by default those above 8,192 tokens run eagerly, host-bound).
+    "graphs16k": {"graph_max_tokens": 16384},
 }
 
 
