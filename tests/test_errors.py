@@ -13,7 +13,8 @@ from handler.errors import ServiceError
 ERROR_TYPES = [obj for _, obj in inspect.getmembers(errors, inspect.isclass)
                if issubclass(obj, ServiceError) and obj is not ServiceError]
 EXPECTED_STATUS = {"InvalidInput": 400, "NotFound": 404, "PayloadTooLarge": 413, "InputTooLong": 422,
-                   "NothingToEmbed": 422, "InternalError": 500, "Overloaded": 503, "InsufficientMemory": 507}
+                   "NothingToEmbed": 422, "InternalError": 500, "Overloaded": 503, "InsufficientMemory": 507,
+                   "EngineUnavailable": 503}
 
 
 def test_the_error_table_is_what_the_readme_documents():
