@@ -17,8 +17,8 @@ PHASE
   twogpu     large through TorchServe on every visible GPU vs GPU 0 only, same loads, auto workers
   auto       large through TorchServe at the recommended settings only (auto workers): the noop ceiling, the
              handler with JSON and raw float32 replies (a shorter 'served')
-  engine     large through TorchServe: each worker its own model (engine=worker, auto workers) against the
-             shared device engine (the default on a GPU) at auto and 8 workers, with the noop ceiling
+  engine     large through TorchServe, auto workers: each worker its own model (engine=worker) against the
+             shared device engine (the default on a GPU), then the bulk command against the default
   bulk       instructor-embed with its defaults on 100,000 workload pairs against served large (bench_bulk)
   --quick    tiny workloads and the base shape, to check the script itself (on CPU too)
 
@@ -59,10 +59,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
   "python", sys.version.split()[0], "cuda", torch.cuda.is_available())'
 
 shape=large; pairs=4096; base_pairs=1024; reps=3; lat=200; hb=20
-loads="1x1:5,256x1:6,512x1:6,16x64:6"; base_loads="1x1:4,64x1:5"; compare_loads="1x1:5,256x1:6,512x1:8,16x64:6"
+loads="1x1:5,256x1:6,512x1:6,16x64:6"; engine_loads="256x1:6,16x64:6"; base_loads="1x1:4,64x1:5"; compare_loads="1x1:5,256x1:6,512x1:8,16x64:6"
 if [[ $quick == 1 ]]; then
   shape=base; pairs=64; base_pairs=16; reps=1; lat=3; hb=2
-  loads="1x1:2,4x8:2"; base_loads="1x1:2"; compare_loads="4x1:2"
+  loads="1x1:2,4x8:2"; engine_loads="4x8:2"; base_loads="1x1:2"; compare_loads="4x1:2"
 fi
 common=(--shape "$shape" --batch-size 128 --max-batch-delay 2 --warmup 2)
 
@@ -95,11 +95,13 @@ case "$phase" in
       --encoding raw --key-suffix _raw || echo "bench_torchserve raw FAILED"
     ;;
   engine)
-    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "$loads" \
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "$engine_loads" \
       --setting engine=worker --key-suffix _engine_worker || echo "bench_torchserve engine=worker FAILED"
     finish
-    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets noop,core --workers auto,8 --loads "$loads" \
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "$loads" \
       --setting engine=shared || echo "bench_torchserve engine=shared FAILED"
+    finish
+    "$py" -m benchmarks.bench_bulk --shape "$shape" --pairs $((quick == 1 ? 300 : 100000)) || echo "bench_bulk FAILED"
     ;;
   bulk)
     "$py" -m benchmarks.bench_bulk --shape "$shape" --pairs $((quick == 1 ? 300 : 100000)) || echo "bench_bulk FAILED"
