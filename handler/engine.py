@@ -276,10 +276,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s engine[%(process)d] %(levelname)s %(message)s")
     torch.set_float32_matmul_precision("highest")  # float32 stays 1.0.1-exact (see torchserve_handler.py)
     settings = Settings.from_sources(orjson.loads(args.settings), environ={})
+    files = engine_files(args.socket)
+    # The pid file first: a worker that finds this engine still loading waits for it instead of starting another.
+    files.pid.write_text(str(os.getpid()))
     encoder = InstructorEncoder(args.model_dir, settings, args.device)
     if settings.warmup:
         log.info("warm-up took %.2f s", encoder.warmup())
-    files = engine_files(args.socket)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with contextlib.suppress(FileNotFoundError):
         args.socket.unlink()  # a socket file left by an engine that died: nothing listens on it
@@ -287,7 +289,6 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(args.socket, 0o600)  # only this user's workers
     bound = args.socket.stat().st_ino
     listener.listen(64)
-    files.pid.write_text(str(os.getpid()))
 
     def release() -> None:
         """Remove the socket and pid files if they are still this engine's (a successor may own the names)."""

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -178,7 +178,26 @@ def connect_or_start(model_dir: Path, device: str, settings: Settings, start_tim
         connection = connect(path)
         if connection is not None:
             return connection
+        loading = _loading_engine(files)
+        if loading is not None:  # started by a worker that died meanwhile (e.g. killed at responseTimeout)
+            return _wait_for(files, lambda: None if _engine_alive(loading) else "exited", start_timeout_s)
         return _start(model_dir, device, settings, files, start_timeout_s)
+
+
+def _loading_engine(files: EngineFiles) -> int | None:
+    """The pid of an engine that is still loading at this socket (its pid file is written first), or None."""
+    try:
+        pid = int(files.pid.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _engine_alive(pid) else None
+
+
+def _engine_alive(pid: int) -> bool:
+    try:
+        return b"handler.engine" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _start(model_dir: Path, device: str, settings: Settings, files: EngineFiles,
@@ -193,16 +212,27 @@ def _start(model_dir: Path, device: str, settings: Settings, files: EngineFiles,
         # exits by itself once no worker is connected.
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                                    env=env, cwd=_PACKAGE_ROOT, start_new_session=True)
+    try:
+        return _wait_for(files, lambda: None if process.poll() is None else f"exited with status {process.returncode}",
+                         timeout_s)
+    except EngineUnavailable:
+        if process.poll() is None:
+            process.kill()
+        raise
+
+
+def _wait_for(files: EngineFiles, failed: Callable[[], str | None], timeout_s: float) -> EngineConnection:
+    """Connect once the engine listens; ``failed()`` says why it never will (None: still starting)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise EngineUnavailable(f"the device engine exited with status {process.returncode} while starting; "
-                                    f"its log ({files.log}) ends with:\n{_tail(files.log)}")
         connection = connect(files.socket)
         if connection is not None:
             return connection
+        reason = failed()
+        if reason is not None:
+            raise EngineUnavailable(f"the device engine {reason} while starting; its log ({files.log}) ends "
+                                    f"with:\n{_tail(files.log)}")
         time.sleep(0.1)
-    process.kill()
     raise EngineUnavailable(f"the device engine did not start in {timeout_s:.0f} s; its log ({files.log}) ends "
                             f"with:\n{_tail(files.log)}")
 

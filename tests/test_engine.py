@@ -185,3 +185,31 @@ def test_two_torchserve_workers_embed_through_one_engine(tmp_path_factory, tiny_
         new_pid = int(next((ts.tmpdir / "instructor-engines").glob("*.pid")).read_text())
         assert new_pid != pid
     assert _wait_gone(new_pid, 2), "scripts/stop.sh (the launcher's stop) left the engine running"
+
+
+def test_a_worker_waits_for_an_engine_still_loading_instead_of_starting_another(tiny_models, private_tmp):
+    """An engine whose starting worker died (TorchServe kills a worker at responseTimeout) is found by its pid
+    file, written before the model loads: the next worker waits for it."""
+    import subprocess
+    import sys
+
+    import orjson
+
+    from handler.engine_client import _PACKAGE_ROOT
+
+    model = tiny_models["tiny-instructor-relu"]
+    settings = Settings(engine=EngineMode.SHARED)
+    path = engine_socket(model, "cpu", settings)
+    engine = subprocess.Popen([sys.executable, "-m", "handler.engine", "--model-dir", str(model), "--device", "cpu",
+                               "--socket", str(path), "--settings", orjson.dumps(settings.as_dict()).decode()],
+                              cwd=_PACKAGE_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not engine_files(path).pid.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        encoder = SharedEncoder(model, settings, "cpu")  # the engine is still loading its model here
+        assert encoder._connection.engine_pid == engine.pid
+        encoder.close()
+    finally:
+        engine.kill()
+        engine.wait()
