@@ -95,11 +95,11 @@ case "$phase" in
       --encoding raw --key-suffix _raw || echo "bench_torchserve raw FAILED"
     ;;
   engine)
-    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "$engine_loads" \
-      --setting engine=worker --key-suffix _engine_worker || echo "bench_torchserve engine=worker FAILED"
-    finish
     "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "$loads" \
       --setting engine=shared || echo "bench_torchserve engine=shared FAILED"
+    finish
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "$engine_loads" \
+      --setting engine=worker --key-suffix _engine_worker || echo "bench_torchserve engine=worker FAILED"
     finish
     "$py" -m benchmarks.bench_bulk --shape "$shape" --pairs $((quick == 1 ? 300 : 100000)) || echo "bench_bulk FAILED"
     ;;
