@@ -17,8 +17,8 @@ PHASE
   twogpu     large through TorchServe on every visible GPU vs GPU 0 only, same loads, auto workers
   auto       large through TorchServe at the recommended settings only (auto workers): the noop ceiling, the
              handler with JSON and raw float32 replies (a shorter 'served')
-  engine     large through TorchServe, auto workers: each worker its own model (engine=worker) against the
-             shared device engine (the default on a GPU), then the bulk command against the default
+  engine     large through TorchServe, auto workers: the shared device engine (engine=shared) against each
+             worker its own model (engine=worker, the default), then the bulk command against the shared engine
   bulk       instructor-embed with its defaults on 100,000 workload pairs against served large (bench_bulk)
   --quick    tiny workloads and the base shape, to check the script itself (on CPU too)
 
@@ -96,12 +96,13 @@ case "$phase" in
     ;;
   engine)
     "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "$loads" \
-      --setting engine=shared || echo "bench_torchserve engine=shared FAILED"
+      --setting engine=shared --key-suffix _engine_shared || echo "bench_torchserve engine=shared FAILED"
     finish
     "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "$engine_loads" \
       --setting engine=worker --key-suffix _engine_worker || echo "bench_torchserve engine=worker FAILED"
     finish
-    "$py" -m benchmarks.bench_bulk --shape "$shape" --pairs $((quick == 1 ? 300 : 100000)) || echo "bench_bulk FAILED"
+    INSTRUCTOR_ENGINE=shared "$py" -m benchmarks.bench_bulk --shape "$shape" --label "${shape}_engine_shared" \
+      --pairs $((quick == 1 ? 300 : 100000)) || echo "bench_bulk FAILED"
     ;;
   bulk)
     "$py" -m benchmarks.bench_bulk --shape "$shape" --pairs $((quick == 1 ? 300 : 100000)) || echo "bench_bulk FAILED"

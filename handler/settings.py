@@ -34,9 +34,8 @@ class InstructionMode(str, enum.Enum):
 class EngineMode(str, enum.Enum):
     """Where a worker's micro-batches run (handler/engine.py)."""
 
-    AUTO = "auto"  # shared on a GPU, in the worker on CPU
-    SHARED = "shared"  # one engine process per model and device merges every worker's work
     WORKER = "worker"  # each worker holds its own model copy and runs its own batches
+    SHARED = "shared"  # one engine process per model and device merges every worker's work
 
 
 class SettingsError(ValueError):
@@ -86,10 +85,11 @@ class Settings:
     # at most 4 (several workers share a GPU host's cores; a batch of a few hundred pairs gains little
     # beyond 4 threads); 1 disables the pool.
     tokenizer_threads: int | None = None
-    # Where the model runs: one engine process per model and device shared by its workers (they tokenize and
-    # render; it merges their work into bulk-sized micro-batches in one CUDA context, with one weights copy),
-    # or each worker's own copy. auto: shared on a GPU, worker on CPU (CPU workers each use their own cores).
-    engine: EngineMode = EngineMode.AUTO
+    # Where the model runs: each worker's own copy, or one engine process per model and device shared by its
+    # workers (they tokenize and render; it merges their work into bulk-sized micro-batches in one CUDA
+    # context, with one weights copy). shared is built for GPUs and tested, but not yet measured on one: the
+    # default stays the measured worker (benchmarks/NOTES.md, run 6).
+    engine: EngineMode = EngineMode.WORKER
     # Run a few encodes at initialize so the first request does not pay for lazy init / autotuning.
     warmup: bool = True
     # CUDA + bfloat16 only (handler/acceleration.py): the fused T5 forward, and CUDA graphs for every
@@ -114,10 +114,8 @@ class Settings:
         if self.max_seq_length is not None:
             self.check_fits(self.max_seq_length)
 
-    def shares_engine(self, device: str) -> bool:
-        """Whether workers on ``device`` embed through the shared device engine."""
-        if self.engine is EngineMode.AUTO:
-            return device.startswith("cuda")
+    def shares_engine(self) -> bool:
+        """Whether the workers embed through the shared device engine."""
         return self.engine is EngineMode.SHARED
 
     def check_fits(self, max_seq_length: int) -> None:

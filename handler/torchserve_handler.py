@@ -81,7 +81,7 @@ class InstructorHandler(BaseHandler):
         model_dir = Path(properties["model_dir"]) / ARCHIVE_MODEL_SUBDIR
         log.info("settings: %s; tokenizer threads: %d", settings.as_dict(), threads)
         timeout = float(yaml_config.get("responseTimeout") or DEFAULT_RESPONSE_TIMEOUT_S)
-        encoder = make_encoder(model_dir, settings, device, settings.shares_engine(device))
+        encoder = make_encoder(model_dir, settings, device, settings.shares_engine())
         if settings.warmup:
             log.info("warm-up took %.2f s", encoder.warmup())
         largest_reply = predicted_bytes(Wire.FLOAT, settings.max_pairs_per_request, encoder.dimension)

@@ -155,7 +155,7 @@ def test_device_follows_the_gpu_id_torchserve_assigns():
     assert select_device("0", True) == "cuda:0"
 
 
-@pytest.mark.parametrize(("engine", "shared"), [("auto", True), ("worker", False), ("shared", True)])
+@pytest.mark.parametrize(("engine", "shared"), [(None, False), ("worker", False), ("shared", True)])
 def test_initialize_embeds_on_the_assigned_gpu_through_the_engine_the_setting_picks(tmp_path, monkeypatch, engine,
                                                                                    shared):
     seen = {}
@@ -171,7 +171,7 @@ def test_initialize_embeds_on_the_assigned_gpu_through_the_engine_the_setting_pi
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torchserve_handler, "make_encoder", make_encoder)
     budgets = {"max_batch_request_chars": 100_000, "max_batch_request_tokens": 10_000}  # nothing to measure
-    handler_settings = {"warmup": False, "precision": "bf16", "engine": engine, **budgets}
+    handler_settings = {"warmup": False, "precision": "bf16", **budgets, **({"engine": engine} if engine else {})}
     context = make_ts_context(tmp_path, 1, {"handler": handler_settings}, gpu_id=3)
     InstructorHandler().initialize(context)
     assert seen == {"model_dir": tmp_path / "model", "device": "cuda:3", "precision": "bfloat16", "shared": shared}
