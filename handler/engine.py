@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -32,8 +33,8 @@ import numpy as np
 import orjson
 import torch
 
-from handler.encoder import Embeddings, InstructorEncoder, PendingEmbeddings, TokenizedPair
-from handler.engine_wire import Job, WireError, parse_job, receive_message, reply_parts, send_message
+from handler.encoder import Embeddings, EncodeStats, InstructorEncoder, PendingEmbeddings, TokenizedPair
+from handler.engine_wire import ConnectionClosed, Job, WireError, parse_job, receive_message, reply_parts, send_message
 from handler.errors import InternalError, ServiceError
 from handler.settings import Settings
 
@@ -137,9 +138,10 @@ class Engine:
                     peer.send(reply_parts(job.job_id, _error_header(refusal)))
                     continue
                 self.queue.put(peer, job)
+        except ConnectionClosed:
+            pass  # its worker stopped or died
         except WireError as error:
-            if not isinstance(error, ConnectionError) and "closed" not in str(error):
-                log.warning("worker %d: %s; closing its connection", peer.number, error)
+            log.warning("worker %d: %s; closing its connection", peer.number, error)
         except OSError:
             pass
         finally:
@@ -200,12 +202,10 @@ class Engine:
         offset = 0
         for peer, job in step:
             count = job.lengths.shape[0]
-            share = job.tokens / total
-            header = {"stats": {"items": count, "tokens": job.tokens,
-                                "padded_tokens": round(stats.padded_tokens * share),
-                                "micro_batches": stats.micro_batches, "oom_splits": stats.oom_splits,
-                                "seconds": stats.seconds}}
-            peer.send(reply_parts(job.job_id, header, result.vectors[offset:offset + count]))
+            # The step's figures, items, tokens and padding by this job's share.
+            share = dataclasses.replace(stats, items=count, tokens=job.tokens,
+                                        padded_tokens=round(stats.padded_tokens * job.tokens / total))
+            peer.send(reply_parts(job.job_id, _stats_header(share), result.vectors[offset:offset + count]))
             offset += count
 
     def _embed_alone(self, peer: Peer, job: Job) -> None:
@@ -218,10 +218,7 @@ class Engine:
             peer.send(reply_parts(job.job_id, _error_header(InternalError("the device engine failed on this "
                                                                            "request; its log has details"))))
         else:
-            s = result.stats
-            header = {"stats": {"items": s.items, "tokens": s.tokens, "padded_tokens": s.padded_tokens,
-                                "micro_batches": s.micro_batches, "oom_splits": s.oom_splits, "seconds": s.seconds}}
-            peer.send(reply_parts(job.job_id, header, result.vectors))
+            peer.send(reply_parts(job.job_id, _stats_header(result.stats), result.vectors))
 
     # ---- exit ------------------------------------------------------------------------------------------
 
@@ -253,6 +250,10 @@ def _items(job: Job) -> list[TokenizedPair]:
     ids = job.ids.tolist()
     return [TokenizedPair(ids[end - length:end], start, False)
             for end, length, start in zip(ends.tolist(), job.lengths.tolist(), job.pool_starts.tolist(), strict=True)]
+
+
+def _stats_header(stats: EncodeStats) -> dict:
+    return {"stats": dataclasses.asdict(stats)}
 
 
 def _error_header(error: ServiceError) -> dict:

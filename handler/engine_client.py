@@ -34,7 +34,16 @@ import torch
 
 from handler import errors
 from handler.encoder import Embeddings, EncodeStats, InstructorEncoder, TokenizedPair
-from handler.engine_wire import ENGINE_FOLDER, Reply, WireError, job_parts, parse_reply, receive_message, send_message
+from handler.engine_wire import (
+    ENGINE_FOLDER,
+    Reply,
+    WireError,
+    job_parts,
+    parse_reply,
+    receive_message,
+    running_engine,
+    send_message,
+)
 from handler.errors import EngineUnavailable, InternalError, ServiceError
 from handler.settings import Precision, Settings
 
@@ -58,11 +67,11 @@ def engine_files(socket_path: Path) -> EngineFiles:
                        socket_path.with_suffix(".log"))
 
 
-def engine_socket(model_dir: Path, device: str, settings: Settings, temp_dir: str | None = None) -> Path:
+def engine_socket(model_dir: Path, device: str, settings: Settings) -> Path:
     """The socket of the engine for these workers: one per model directory, device and settings."""
     key = hashlib.sha256(orjson.dumps([str(Path(model_dir).resolve()), device, settings.as_dict()],
                                       option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
-    folder = Path(temp_dir or tempfile.gettempdir()) / ENGINE_FOLDER
+    folder = Path(tempfile.gettempdir()) / ENGINE_FOLDER
     if len(str(folder / f"{key}.sock")) > _MAX_SOCKET_PATH:
         folder = Path("/tmp") / f"instructor-engines-{os.getuid()}"
     _private_folder(folder)
@@ -178,26 +187,11 @@ def connect_or_start(model_dir: Path, device: str, settings: Settings, start_tim
         connection = connect(path)
         if connection is not None:
             return connection
-        loading = _loading_engine(files)
+        loading = running_engine(files.pid)  # pid file written before the model loads
         if loading is not None:  # started by a worker that died meanwhile (e.g. killed at responseTimeout)
-            return _wait_for(files, lambda: None if _engine_alive(loading) else "exited", start_timeout_s)
+            return _wait_for(files, lambda: None if running_engine(files.pid) == loading else "exited",
+                             start_timeout_s)
         return _start(model_dir, device, settings, files, start_timeout_s)
-
-
-def _loading_engine(files: EngineFiles) -> int | None:
-    """The pid of an engine that is still loading at this socket (its pid file is written first), or None."""
-    try:
-        pid = int(files.pid.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if _engine_alive(pid) else None
-
-
-def _engine_alive(pid: int) -> bool:
-    try:
-        return b"handler.engine" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 def _start(model_dir: Path, device: str, settings: Settings, files: EngineFiles,
@@ -261,8 +255,7 @@ class RemotePending:
         if vectors is None or vectors.shape[0] != len(self._items):
             raise InternalError(f"the device engine answered {0 if vectors is None else vectors.shape[0]} "
                                 f"vectors for {len(self._items)} pairs")
-        stats = EncodeStats(**{key: value for key, value in reply.header["stats"].items()
-                               if key in EncodeStats.__dataclass_fields__})
+        stats = EncodeStats(**reply.header["stats"])
         stats.seconds = time.perf_counter() - self._started
         return Embeddings(vectors, self._items, stats)
 

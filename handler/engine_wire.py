@@ -1,4 +1,5 @@
-"""The messages between a worker and its device engine (handler/engine.py), over a Unix socket.
+"""The messages between a worker and its device engine (handler/engine.py), over a Unix socket, and where
+engines live (what the workers and scripts/launcher, which imports no torch, both need).
 
 Every message is a 4-byte little-endian length, then that many bytes. Arrays travel as raw little-endian
 bytes (numpy), never pickled: a socket peer can only send numbers and one small JSON header.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import struct
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,15 @@ import orjson
 # the engines it finds there).
 ENGINE_FOLDER = "instructor-engines"
 _LENGTH = struct.Struct("<I")
+
+
+def running_engine(pid_file: Path) -> int | None:
+    """The pid an engine's pid file names, if that process is still an engine (loading or serving); else None."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        return pid if b"handler.engine" in Path(f"/proc/{pid}/cmdline").read_bytes() else None
+    except (OSError, ValueError):
+        return None
 _JOB_HEAD = struct.Struct("<QI")
 _REPLY_HEAD = struct.Struct("<QI")
 # A job is at most a dynamic batch's chunk of a few hundred pairs; anything near this is a broken peer.

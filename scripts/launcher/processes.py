@@ -92,14 +92,7 @@ def stop_process_tree(pid: int, timeout: float = 60.0) -> float:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     # Workers normally exit with the frontend; make sure none is left holding a model in memory.
-    left = [w for w in workers if process_alive(w)]
-    for sig, grace in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
-        for w in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(w, sig)
-        deadline = time.monotonic() + grace
-        while (left := [w for w in left if process_alive(w)]) and time.monotonic() < deadline:
-            time.sleep(0.1)
+    end_processes(workers, term_grace=2.0, kill_grace=5.0)
     # Exited processes stay zombies until their parent (often init) reaps them: give it a moment so
     # that "stopped" means gone from the process table.
     deadline = time.monotonic() + 3.0
@@ -109,27 +102,26 @@ def stop_process_tree(pid: int, timeout: float = 60.0) -> float:
 
 
 
+def end_processes(pids: list[int], term_grace: float, kill_grace: float) -> None:
+    """SIGTERM those of ``pids`` still alive, SIGKILL any left after ``term_grace`` s; wait up to ``kill_grace``."""
+    left = [p for p in pids if process_alive(p)]
+    for sig, grace in ((signal.SIGTERM, term_grace), (signal.SIGKILL, kill_grace)):
+        for p in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, sig)
+        deadline = time.monotonic() + grace
+        while (left := [p for p in left if process_alive(p)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
 def stop_engines(tmpdir: Path, grace: float = 5.0) -> list[int]:
     """End the device engines (handler/engine.py) of the server of ``tmpdir`` that are still running: they
     exit by themselves a few seconds after their last worker, but "stopped" means gone. Returns their pids."""
     try:
-        from handler.engine_wire import ENGINE_FOLDER
+        from handler.engine_wire import ENGINE_FOLDER, running_engine
     except ImportError:  # a launcher without the handler package next to it serves no engine
         return []
-    engines = []
-    for pid_path in (Path(tmpdir) / ENGINE_FOLDER).glob("*.pid"):
-        try:
-            pid = int(pid_path.read_text().strip())
-            command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            continue
-        if b"handler.engine" in command:
-            engines.append(pid)
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
-        for pid in engines:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while any(process_alive(p) for p in engines) and time.monotonic() < deadline:
-            time.sleep(0.1)
+    engines = [pid for path in (Path(tmpdir) / ENGINE_FOLDER).glob("*.pid")
+               if (pid := running_engine(path)) is not None]
+    end_processes(engines, term_grace=grace, kill_grace=grace)
     return engines
