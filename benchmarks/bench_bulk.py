@@ -59,7 +59,10 @@ def run_cli(url: str, model: str, key_file: Path | None, source: Path, output: P
         command += ["--key-file", str(key_file)]
     print("$ instructor-embed " + " ".join(command[3:]), flush=True)
     started = time.monotonic()
-    proc = subprocess.run(command, capture_output=True, text=True)
+    # The client package from this checkout, installed or not (GPU hosts may have only the repository).
+    client_root = str(Path(__file__).resolve().parent.parent / "client")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [client_root, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.monotonic() - started
     print(proc.stderr, flush=True)
     if proc.returncode != 0:

@@ -19,6 +19,9 @@ PHASE
              handler with JSON and raw float32 replies (a shorter 'served')
   engine     large through TorchServe, auto workers: the shared device engine (engine=shared) against each
              worker its own model (engine=worker, the default), then the bulk command against the shared engine
+  engine-profile
+             the shared engine under single-pair load (c=256, auto workers), its device loop sampled with
+             py-spy (needs py-spy on PATH): where the engine's one thread spends its time
   bulk       instructor-embed with its defaults on 100,000 workload pairs against served large (bench_bulk)
   --quick    tiny workloads and the base shape, to check the script itself (on CPU too)
 
@@ -33,7 +36,7 @@ phase="${1:-}"
 quick=0
 [[ "${2:-}" == "--quick" ]] && quick=1
 case "$phase" in
-  inprocess|xl|served|baseline|twogpu|auto|engine|bulk) ;;
+  inprocess|xl|served|baseline|twogpu|auto|engine|engine-profile|bulk) ;;
   -h|--help) usage; exit 0 ;;
   *) usage >&2; exit 2 ;;
 esac
@@ -103,6 +106,26 @@ case "$phase" in
     finish
     INSTRUCTOR_ENGINE=shared "$py" -m benchmarks.bench_bulk --shape "$shape" --label "${shape}_engine_shared" \
       --pairs $((quick == 1 ? 300 : 100000)) || echo "bench_bulk FAILED"
+    ;;
+  engine-profile)
+    command -v py-spy >/dev/null || { echo "engine-profile needs py-spy on PATH (pip install py-spy)" >&2; exit 1; }
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "256x1:40" \
+      --setting engine=shared --key-suffix _engine_profile > "$out/engine-profile-load.log" 2>&1 &
+    load=$!
+    until grep -q "READY" "$out/engine-profile-load.log" 2>/dev/null; do
+      kill -0 $load 2>/dev/null || { echo "the load ended before the model was ready"; cat "$out/engine-profile-load.log"; exit 1; }
+      sleep 1
+    done
+    sleep 10  # warm-up requests and the first seconds of load
+    engine=$(pgrep -f "handler.engine" | head -1)
+    py-spy dump --pid "$engine" > "$out/engine-dump.txt" 2>&1 || true
+    py-spy record --pid "$engine" --duration 12 --rate 250 --threads --format raw --output "$out/engine-profile.txt" \
+      --nonblocking 2>&1 | tail -3 || true
+    py-spy record --pid "$engine" --duration 6 --rate 250 --gil --format raw --output "$out/engine-profile-gil.txt" \
+      --nonblocking 2>&1 | tail -3 || true
+    wait $load || echo "bench_torchserve engine-profile FAILED"
+    cat "$out/engine-profile-load.log" | grep -E "pairs/s|GPU memory"
+    cp "${TMPDIR:-/tmp}"/ts-bench-*/tmp/instructor-engines/*.log "$out/" 2>/dev/null || true
     ;;
   bulk)
     "$py" -m benchmarks.bench_bulk --shape "$shape" --pairs $((quick == 1 ? 300 : 100000)) || echo "bench_bulk FAILED"

@@ -91,6 +91,39 @@ class JobQueue:
             return taken
 
 
+class StepLog:
+    """What the device loop did, logged every ``every_s``: how large its steps were and where its thread's
+    time went (waiting for jobs, launching steps, waiting for results and sending them), to tell a
+    device-bound engine from one bound by its own thread."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._reset(time.perf_counter())
+
+    def _reset(self, now: float) -> None:
+        self.since, self.steps, self.pairs, self.tokens = now, 0, 0, 0
+        self.waiting_s = self.launching_s = self.finishing_s = 0.0
+
+    def add(self, step: list[tuple[Peer, Job]], waiting_s: float, launching_s: float, finishing_s: float) -> None:
+        self.waiting_s += waiting_s
+        self.launching_s += launching_s
+        self.finishing_s += finishing_s
+        if step:
+            self.steps += 1
+            self.pairs += sum(job.lengths.shape[0] for _, job in step)
+            self.tokens += sum(job.tokens for _, job in step)
+        now = time.perf_counter()
+        if now - self.since < self.every_s:
+            return
+        if self.steps:
+            wall = now - self.since
+            log.info("%d steps in %.1f s: %.1f pairs (%.0f tokens) a step, %.0f pairs/s; the loop's time: "
+                     "%.0f%% waiting for jobs, %.0f%% launching, %.0f%% waiting for results and replying",
+                     self.steps, wall, self.pairs / self.steps, self.tokens / self.steps, self.pairs / wall,
+                     100 * self.waiting_s / wall, 100 * self.launching_s / wall, 100 * self.finishing_s / wall)
+        self._reset(now)
+
+
 class Engine:
     """Serves jobs from the workers connected on ``listener`` with ``encoder`` until idle for ``idle_exit_s``."""
 
@@ -171,14 +204,19 @@ class Engine:
         """Merge queued jobs into steps and keep up to two steps on the device; return once idle too long."""
         threading.Thread(target=self.accept_forever, name="accept", daemon=True).start()
         in_flight: collections.deque[tuple[list[tuple[Peer, Job]], PendingEmbeddings | None]] = collections.deque()
+        activity = StepLog()
         while True:
+            started = time.perf_counter()
             step = self.queue.take(self._step_tokens, wait_s=0 if in_flight else 0.5)
+            taken = time.perf_counter()
             if step:
                 in_flight.append((step, self._launch(step)))
+            launched = time.perf_counter()
             if in_flight and (not step or len(in_flight) >= 2):
                 self._finish(*in_flight.popleft())
             elif not in_flight and self._idle_for_long() and self._stop_if_idle():
                 return
+            activity.add(step, taken - started, launched - taken, time.perf_counter() - launched)
 
     def _launch(self, step: list[tuple[Peer, Job]]) -> PendingEmbeddings | None:
         try:
