@@ -42,8 +42,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hf": {"fast_forward": False},
     "fused": {"cuda_graphs": False},
     "default": {},
-    # CUDA graphs for bulk micro-batches too (by default those above 8,192 tokens run eagerly, host-bound).
-    "graphs16k": {"graph_max_tokens": 16384},
+    # CUDA graphs only up to 8,192 tokens (the earlier default): larger micro-batches run eagerly.
+    "graphs8k": {"graph_max_tokens": 8192},
 }
 
 

@@ -18,7 +18,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-
 IMAGE_CONFIG = Path("/home/model-server/config.properties")
 RECORDED_CONFIG = Path("ts-config.path")  # entrypoint.sh writes it into TorchServe's working directory
 

@@ -10,8 +10,8 @@ with fewer and larger kernels per layer:
 - the residual additions fused into the output projections (``addmm_`` accumulates into the residual stream);
 - relu fused into the first feed-forward product (cuBLASLt epilogue through ``torch._addmm_activation``);
 - the T5 RMS norm through the fused ``F.rms_norm`` kernel (fp32 statistics, as T5LayerNorm);
-- CUDA graphs for every micro-batch up to 128 rows and 8192 padded tokens (rows and length rounded up to
-  ~150 buckets, all captured at warm-up): one launch instead of ~200. This is the single-request (c=1)
+- CUDA graphs for every micro-batch up to 128 rows and 16384 padded tokens (rows and length rounded up to
+  ~180 buckets, all captured at warm-up): one launch instead of ~200. This is the single-request (c=1)
   latency path, and in a server it is what keeps dynamic batches fast: on the H100 hosts measured, the ~200
   launches of an eager micro-batch ran 5-10x slower than its GPU work (benchmarks/NOTES.md).
   ``torch.compile`` of the layer was measured 12% slower than this eager layer and is not offered.

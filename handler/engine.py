@@ -5,7 +5,9 @@ in their own CUDA context, and the GPU time-slices between them (measured: ~250 
 ~164 us in bulk, 78% busy at most). With the engine, workers parse, tokenize and render (the CPU work, in
 parallel), and send token ids here; the engine merges whatever all workers have queued into one plan of
 micro-batches and keeps two such steps on the device at once, so the GPU sees bulk-sized work from one
-context, and holds one copy of the weights.
+context, and holds one copy of the weights. Measured (benchmarks/NOTES.md, run 6): one copy of the weights
+indeed, but fewer pairs/s than a model per worker, because this process's one thread launches every step
+(sampled: 65-85% of the loop launching); the StepLog lines in its log say where its time goes.
 
   python -m handler.engine --model-dir DIR --device cuda:0 --socket PATH [--settings JSON]
 

@@ -87,17 +87,19 @@ class Settings:
     tokenizer_threads: int | None = None
     # Where the model runs: each worker's own copy, or one engine process per model and device shared by its
     # workers (they tokenize and render; it merges their work into bulk-sized micro-batches in one CUDA
-    # context, with one weights copy). shared is built for GPUs and tested, but not yet measured on one: the
-    # default stays the measured worker (benchmarks/NOTES.md, run 6).
+    # context, with one weights copy). shared holds a third of the GPU memory of 4 workers but was measured
+    # 10-35% slower on an H100 (its one thread launches every step; benchmarks/NOTES.md, run 6).
     engine: EngineMode = EngineMode.WORKER
     # Run a few encodes at initialize so the first request does not pay for lazy init / autotuning.
     warmup: bool = True
     # CUDA + bfloat16 only (handler/acceleration.py): the fused T5 forward, and CUDA graphs for every
     # micro-batch of at most graph_max_rows rows and graph_max_tokens padded tokens (captured at warm-up).
+    # 16384 (= max_batch_tokens) graphs every micro-batch a dynamic batch can make: served 5-9% more pairs/s
+    # than 8192 on an H100 (eager micro-batches are host-bound), for ~0.8 GB more per worker (large).
     fast_forward: bool = True
     cuda_graphs: bool = True
     graph_max_rows: int = 128
-    graph_max_tokens: int = 8192
+    graph_max_tokens: int = 16384
     # The instruction of OpenAI embeddings requests that send none ("": plain text, 1.0.1's encode([text])).
     default_instruction: str = ""
 

@@ -29,7 +29,7 @@ done
 py="$repo/.venv/bin/python"
 # Lint the folders that exist: git does not keep an empty benchmarks/, and ruff fails on a missing path.
 lint=()
-for dir in handler tests tools benchmarks scripts client examples deploy; do
+for dir in handler tests tools benchmarks scripts client examples deploy docker; do
   [[ -e "$repo/$dir" ]] && lint+=("$dir")
 done
 "$py" -m ruff check "${lint[@]}"
