@@ -60,7 +60,7 @@ def run_cli(url: str, model: str, key_file: Path | None, source: Path, output: P
     print("$ instructor-embed " + " ".join(command[3:]), flush=True)
     started = time.monotonic()
     # The client package from this checkout, installed or not (GPU hosts may have only the repository).
-    client_root = str(Path(__file__).resolve().parent.parent / "client")
+    client_root = str(results.BENCH_DIR.parent / "client")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [client_root, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.monotonic() - started

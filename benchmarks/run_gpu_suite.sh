@@ -124,7 +124,7 @@ case "$phase" in
     py-spy record --pid "$engine" --duration 6 --rate 250 --gil --format raw --output "$out/engine-profile-gil.txt" \
       --nonblocking 2>&1 | tail -3 || true
     wait $load || echo "bench_torchserve engine-profile FAILED"
-    cat "$out/engine-profile-load.log" | grep -E "pairs/s|GPU memory"
+    grep -E "pairs/s|GPU memory" "$out/engine-profile-load.log"
     cp "${TMPDIR:-/tmp}"/ts-bench-*/tmp/instructor-engines/*.log "$out/" 2>/dev/null || true
     ;;
   bulk)

@@ -194,12 +194,17 @@ def connect_or_start(model_dir: Path, device: str, settings: Settings, start_tim
         return _start(model_dir, device, settings, files, start_timeout_s)
 
 
+def engine_command(model_dir: Path, device: str, settings: Settings, socket_path: Path) -> list[str]:
+    """The command line of the engine for these workers (run it with ``cwd=_PACKAGE_ROOT``)."""
+    return [sys.executable, "-m", "handler.engine", "--model-dir", str(model_dir), "--device", device,
+            "--socket", str(socket_path), "--settings", orjson.dumps(settings.as_dict()).decode()]
+
+
 def _start(model_dir: Path, device: str, settings: Settings, files: EngineFiles,
            timeout_s: float) -> EngineConnection:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_PACKAGE_ROOT),
                                                                       os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "handler.engine", "--model-dir", str(model_dir), "--device", device,
-               "--socket", str(files.socket), "--settings", orjson.dumps(settings.as_dict()).decode()]
+    command = engine_command(model_dir, device, settings, files.socket)
     log.info("starting the device engine for %s on %s (log: %s)", model_dir, device, files.log)
     with open(files.log, "ab") as log_file:
         # Its own session: the engine outlives the worker that started it (the other workers use it too) and

@@ -25,6 +25,10 @@ import orjson
 # the engines it finds there).
 ENGINE_FOLDER = "instructor-engines"
 _LENGTH = struct.Struct("<I")
+_JOB_HEAD = struct.Struct("<QI")
+_REPLY_HEAD = struct.Struct("<QI")
+# A job is at most a dynamic batch's chunk of a few hundred pairs; anything near this is a broken peer.
+MAX_MESSAGE_BYTES = 256 * 2**20
 
 
 def running_engine(pid_file: Path) -> int | None:
@@ -34,10 +38,6 @@ def running_engine(pid_file: Path) -> int | None:
         return pid if b"handler.engine" in Path(f"/proc/{pid}/cmdline").read_bytes() else None
     except (OSError, ValueError):
         return None
-_JOB_HEAD = struct.Struct("<QI")
-_REPLY_HEAD = struct.Struct("<QI")
-# A job is at most a dynamic batch's chunk of a few hundred pairs; anything near this is a broken peer.
-MAX_MESSAGE_BYTES = 256 * 2**20
 
 
 class WireError(Exception):

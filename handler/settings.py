@@ -88,7 +88,7 @@ class Settings:
     # Where the model runs: each worker's own copy, or one engine process per model and device shared by its
     # workers (they tokenize and render; it merges their work into bulk-sized micro-batches in one CUDA
     # context, with one weights copy). shared holds a third of the GPU memory of 4 workers but was measured
-    # 10-35% slower on an H100 (its one thread launches every step; benchmarks/NOTES.md, run 6).
+    # 10-36% slower on an H100 (its one thread launches every step; benchmarks/NOTES.md, run 6).
     engine: EngineMode = EngineMode.WORKER
     # Run a few encodes at initialize so the first request does not pay for lazy init / autotuning.
     warmup: bool = True

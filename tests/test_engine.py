@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 from handler.encoder import InstructorEncoder, TokenizedPair
-from handler.engine_client import SharedEncoder, engine_files, engine_socket
+from handler.engine_client import _PACKAGE_ROOT, SharedEncoder, engine_command, engine_files, engine_socket
 from handler.engine_wire import WireError, job_parts, parse_job, parse_reply, reply_parts
 from handler.errors import EngineUnavailable, InternalError
 from handler.settings import EngineMode, Settings
@@ -190,19 +191,11 @@ def test_two_torchserve_workers_embed_through_one_engine(tmp_path_factory, tiny_
 def test_a_worker_waits_for_an_engine_still_loading_instead_of_starting_another(tiny_models, private_tmp):
     """An engine whose starting worker died (TorchServe kills a worker at responseTimeout) is found by its pid
     file, written before the model loads: the next worker waits for it."""
-    import subprocess
-    import sys
-
-    import orjson
-
-    from handler.engine_client import _PACKAGE_ROOT
-
     model = tiny_models["tiny-instructor-relu"]
     settings = Settings(engine=EngineMode.SHARED)
     path = engine_socket(model, "cpu", settings)
-    engine = subprocess.Popen([sys.executable, "-m", "handler.engine", "--model-dir", str(model), "--device", "cpu",
-                               "--socket", str(path), "--settings", orjson.dumps(settings.as_dict()).decode()],
-                              cwd=_PACKAGE_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    engine = subprocess.Popen(engine_command(model, "cpu", settings, path), cwd=_PACKAGE_ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while not engine_files(path).pid.exists() and time.monotonic() < deadline:
