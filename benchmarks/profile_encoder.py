@@ -51,6 +51,7 @@ class Variant:
     first_chunk: int = 256  # encode's first chunk of pairs
     pack_min_rows: int | None = 16  # None: never packed
     packed_backends: tuple[str, ...] | None = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+    overhead_tokens: int | None = None  # the planner's price of one more micro-batch (None: the encoder's)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -64,7 +65,16 @@ VARIANTS: dict[str, Variant] = {
     "packed_cudnn": Variant(packed_backends=None),
     "packed_min4": Variant(pack_min_rows=4),
     "packed_32k": Variant(overrides={"max_batch_tokens": 32768, "max_batch_rows": 256}),
+    # The planner's price of a micro-batch, and larger bulk micro-batches (all padded, packing off).
+    "overhead128": Variant(pack_min_rows=None, overhead_tokens=128),
+    "overhead256": Variant(pack_min_rows=None, overhead_tokens=256),
+    "overhead1024": Variant(pack_min_rows=None, overhead_tokens=1024),
+    "rows256": Variant(pack_min_rows=None, overrides={"max_batch_rows": 256}),
+    "rows256_overhead256": Variant(pack_min_rows=None, overrides={"max_batch_rows": 256}, overhead_tokens=256),
+    "graphs32k": Variant(pack_min_rows=None, overrides={"graph_max_tokens": 32768}),
+    "graphs_off": Variant(pack_min_rows=None, overrides={"cuda_graphs": False}),
 }
+_DEFAULT_OVERHEAD = dict(encoder_module._BATCH_OVERHEAD_TOKENS)
 
 CATEGORIES = (
     ("attention", ("fmha", "attention", "flash", "sdpa", "attn", "flex")),
@@ -209,6 +219,27 @@ def attention_table(encoder: InstructorEncoder, batch: list[TokenizedPair], flex
     return table
 
 
+def gpu_busy(fn: Callable[[], Any]) -> float:
+    """Share of one call's wall time in which at least one kernel ran (CUDA activity only, so the profiler
+    adds little host time): below 1, the device waited on the host."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        started = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - started
+    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                   if str(getattr(e, "device_type", "")).endswith("CUDA") and e.time_range.end > e.time_range.start)
+    covered, reach = 0.0, float("-inf")
+    for start, end in spans:  # union of the kernels' intervals, in microseconds
+        if end > reach:
+            covered += end - max(start, reach)
+            reach = end
+    return covered / 1e6 / wall
+
+
 @dataclasses.dataclass
 class VariantResult:
     name: str
@@ -219,6 +250,8 @@ class VariantResult:
     graphs: int
     setup_s: float
     min_cosine: float
+    bulk_busy: float | None = None
+    batch64_busy: float | None = None
 
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -234,6 +267,9 @@ def build(model_dir: Path, device: str, name: str) -> InstructorEncoder:
     acceleration.set_row_buckets(variant.buckets)
     acceleration.PACK_MIN_ROWS = variant.pack_min_rows
     encoder_module.FIRST_CHUNK_PAIRS = variant.first_chunk
+    encoder_module._BATCH_OVERHEAD_TOKENS.update(_DEFAULT_OVERHEAD)
+    if variant.overhead_tokens is not None:
+        encoder_module._BATCH_OVERHEAD_TOKENS[torch.device(device).type] = variant.overhead_tokens
     settings = Settings.from_sources({"warmup": False, **variant.overrides}, environ={})
     encoder = InstructorEncoder(model_dir, settings, device)
     fast = encoder._accelerated
@@ -287,6 +323,9 @@ def time_variant(encoder: InstructorEncoder, name: str, pairs: list[tuple[str, s
         1 - tokens / repeats / slots, micro / repeats / len(batches),
         0 if fast is None else len(fast._graphs), setup_s,
         1.0 if reference is None else min_cosine(vectors, reference))
+    if encoder.device.type == "cuda":
+        result.bulk_busy = gpu_busy(lambda: encoder.encode(pairs))
+        result.batch64_busy = gpu_busy(lambda: [encoder.embed(batch) for batch in batches])
     return result, vectors
 
 
@@ -352,10 +391,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: bulk {result.bulk_pairs_per_s:.0f}, 64-pair {result.batch64_pairs_per_s:.0f} pairs/s",
               flush=True)
     rows = [[r.name, round(r.bulk_pairs_per_s), round(r.batch64_pairs_per_s), f"{100 * r.batch64_padding:.1f}%",
-             f"{r.batch64_micro_batches:.2f}", r.graphs, f"{r.setup_s:.1f}", f"{r.min_cosine:.6f}"] for r in table]
+             f"{r.batch64_micro_batches:.2f}", r.graphs, f"{r.setup_s:.1f}", f"{r.min_cosine:.6f}",
+             _share(r.bulk_busy), _share(r.batch64_busy)] for r in table]
     print(results.markdown_table(["variant", "bulk pairs/s", "64-pair pairs/s", "64-pair padding (buckets)",
-                                  "micro-batches per 64", "graphs", "setup s", "min cos vs first"], rows))
+                                  "micro-batches per 64", "graphs", "setup s", "min cos vs first",
+                                  "GPU busy bulk", "GPU busy 64-pair"], rows))
     return 0
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
 
 
 def profile_section(encoder: InstructorEncoder, items: list[TokenizedPair], shape: Any, out: Path | None,

@@ -337,11 +337,14 @@ class FastT5Encoder:
             return None
         return bucket_rows, bucket_length
 
-    def compute_slots(self, longest: int, rows: np.ndarray) -> np.ndarray:
-        """Token slots a micro-batch of ``rows`` x ``longest`` really computes: its graph bucket's, else its own."""
+    def compute_slots(self, longest: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Token slots micro-batches of ``rows`` x ``longest`` really compute: their graph bucket's, else their
+        own (numpy broadcasting over both)."""
+        longest, rows = np.asarray(longest), np.asarray(rows)
         if not self.use_graphs or self.device.type != "cuda":
             return longest * rows
-        bucket_length = _bucket_length(longest)
+        step = np.where(longest <= 128, 16, 32)  # _bucket_length, on arrays
+        bucket_length = -(-longest // step) * step
         bucket_rows = _ROW_BUCKET_OF[np.minimum(rows, len(_ROW_BUCKET_OF) - 1)]
         graphed = (rows <= self.graph_max_rows) & (rows < len(_ROW_BUCKET_OF)) & \
             (bucket_rows * bucket_length <= self.graph_max_tokens)

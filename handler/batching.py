@@ -13,11 +13,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-# (longest row, row counts 1..k) -> token slots computed for a micro-batch of each row count.
-SlotCost = Callable[[int, np.ndarray], np.ndarray]
+# (longest rows, row counts) -> token slots computed for a micro-batch of each; numpy broadcasting, so the
+# planner prices every (first row, row count) candidate of a call in one step.
+SlotCost = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def padded_slots(longest: int, rows: np.ndarray) -> np.ndarray:
+def padded_slots(longest: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Token slots of a micro-batch padded to its longest row."""
     return longest * rows
 
@@ -37,19 +38,23 @@ def plan_micro_batches(lengths: Sequence[int], max_tokens: int, max_rows: int,
     if n == 0:
         return []
     order = sorted(range(n), key=lambda i: (-lengths[i], i))
-    sorted_lengths = np.asarray([lengths[i] for i in order], dtype=np.float64)
-    # best[j]: least cost of the first j sorted items; cut[j]: where their last group starts.
+    sorted_lengths = np.asarray([lengths[i] for i in order], dtype=np.int64)
+    # allowed[s]: most rows a micro-batch starting at sorted item s may take; cost[s, r - 1]: its price with r.
+    allowed = np.minimum(np.minimum(max_rows, n - np.arange(n)), np.maximum(1, max_tokens // sorted_lengths))
+    row_counts = np.arange(1, int(allowed.max()) + 1)
+    cost = overhead_tokens + slots(sorted_lengths[:, None], row_counts[None, :]).astype(np.float64)
+    # best[j]: least cost of the first j sorted items; cut[j]: where their last group starts. The host runs
+    # this while the accelerator may wait (a worker's small batches), so each step is a few array operations.
     best = np.full(n + 1, np.inf)
     best[0] = 0.0
     cut = np.zeros(n + 1, dtype=np.int64)
     for start in range(n):
-        longest = sorted_lengths[start]
-        rows = min(max_rows, n - start, max(1, int(max_tokens // longest)))
-        candidates = best[start] + overhead_tokens + slots(int(longest), np.arange(1, rows + 1))
+        rows = int(allowed[start])
+        candidates = cost[start, :rows] + best[start]
         window = best[start + 1:start + rows + 1]
         better = candidates < window
-        window[better] = candidates[better]
-        cut[start + 1:start + rows + 1][better] = start
+        np.copyto(window, candidates, where=better)
+        np.copyto(cut[start + 1:start + rows + 1], start, where=better)
     batches: list[list[int]] = []
     end = n
     while end > 0:

@@ -119,3 +119,20 @@ def test_encode_chunks_start_small_and_double():
     assert chunk_offsets(100, 2048) == [(0, 100)]
     assert chunk_offsets(0, 2048) == []
     assert chunk_offsets(10, 4, first=4) == [(0, 4), (4, 8), (8, 10)]
+
+
+def test_the_planner_prices_each_micro_batch_at_the_graph_it_runs_in():
+    """compute_slots on arrays (the planner's one call per plan) agrees with the graph each shape replays."""
+    fast = object.__new__(FastT5Encoder)  # only the graph limits matter here, no model
+    fast.use_graphs, fast.device = True, torch.device("cuda")
+    fast.graph_max_rows, fast.graph_max_tokens = 128, 16384
+    longest = np.arange(1, 521)[:, None]
+    rows = np.arange(1, 201)[None, :]
+    priced = fast.compute_slots(longest, rows)
+    for length in (1, 16, 17, 128, 129, 200, 256, 513):
+        for count in (1, 3, 16, 50, 96, 128, 129, 200):
+            key = fast._graph_key(count, length)
+            expected = length * count if key is None else key[0] * key[1]
+            assert priced[length - 1, count - 1] == expected, (length, count)
+    fast.use_graphs = False
+    assert (fast.compute_slots(longest, rows) == longest * rows).all()

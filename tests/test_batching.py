@@ -66,3 +66,32 @@ def test_a_bucketed_shape_is_priced_so_batches_fill_their_buckets():
         naive += real_cost(lengths, plan_micro_batches(lengths, 16384, 128, 512))
         bucketed += real_cost(lengths, plan_micro_batches(lengths, 16384, 128, 512, power_of_two_rows))
     assert bucketed < 0.95 * naive
+
+
+def reference_plan_cost(lengths, max_tokens, max_rows, overhead, slots):
+    """The least total cost by a plain dynamic programme over the sorted lengths (independent of the planner)."""
+    ordered = sorted(lengths, reverse=True)
+    best = [0.0] + [float("inf")] * len(ordered)
+    for end in range(1, len(ordered) + 1):
+        for start in range(max(0, end - max_rows), end):
+            rows = end - start
+            if rows > 1 and rows * ordered[start] > max_tokens:
+                continue
+            best[end] = min(best[end], best[start] + overhead + float(slots(ordered[start], rows)))
+    return best[-1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_plan_costs_the_least_a_partition_of_sorted_items_can(seed):
+    import numpy as np
+
+    def bucketed(longest, rows):  # graph-like buckets: rows to a power of two, length to a multiple of 16
+        return (-(-np.asarray(longest) // 16) * 16) * 2 ** np.ceil(np.log2(rows))
+
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 300) for _ in range(rng.randint(1, 150))]
+    for slots in (lambda longest, rows: np.asarray(longest) * rows, bucketed):
+        for overhead in (0, 128, 2048):
+            batches = plan_micro_batches(lengths, 4096, 32, overhead, slots)
+            cost = sum(overhead + float(slots(max(lengths[i] for i in b), len(b))) for b in batches)
+            assert cost == pytest.approx(reference_plan_cost(lengths, 4096, 32, overhead, slots))
