@@ -72,8 +72,8 @@ done
 bad_value() { echo "serve.sh: $1 (see --help)" >&2; exit 2; }
 [[ "$workers" == auto || "$workers" =~ ^[1-9][0-9]*$ ]] || bad_value "--workers must be a number >= 1 or auto, not '$workers'"
 [[ -z "$batch_size" || "$batch_size" =~ ^[1-9][0-9]*$ ]] || bad_value "--batch-size must be a number >= 1, not '$batch_size'"
-[[ -z "$max_batch_delay" || "$max_batch_delay" =~ ^[0-9]+$ ]] || \
-  bad_value "--max-batch-delay must be a number of milliseconds >= 0, not '$max_batch_delay'"
+[[ -z "$max_batch_delay" || "$max_batch_delay" =~ ^[1-9][0-9]*$ ]] || \
+  bad_value "--max-batch-delay must be a number of milliseconds >= 1, not '$max_batch_delay' (TorchServe reads 0 as unset: 100 ms)"
 [[ "$timeout_s" =~ ^[0-9]*\.?[0-9]+$ && ! "$timeout_s" =~ ^[0.]+$ ]] || \
   bad_value "--timeout must be a number of seconds > 0, not '$timeout_s'"
 [[ -z "$format" || "$format" == no-archive || "$format" == mar ]] || bad_value "--format must be no-archive or mar, not '$format'"

@@ -173,6 +173,13 @@ def test_a_model_the_server_cannot_load_is_refused_at_build_time_with_the_server
     assert not (tmp_path / "store").exists()
 
 
+def test_a_batch_delay_of_zero_is_refused_because_torchserve_would_wait_100_ms(tmp_path):
+    proc = run_script("build_archive.sh", "--max-batch-delay", "0", "--store", str(tmp_path / "store"))
+    assert proc.returncode == 1
+    assert "--max-batch-delay must be at least 1 ms" in proc.stderr and "100 ms" in proc.stderr
+    assert not (tmp_path / "store").exists()
+
+
 def test_a_model_without_tokenizer_json_or_spiece_model_is_refused_with_what_to_do(tmp_path):
     model = tmp_path / "minilm"
     shutil.copytree(bma.locate_demo_model(), model)

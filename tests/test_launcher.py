@@ -179,6 +179,8 @@ def test_serve_sh_from_a_fresh_copy_prints_a_working_curl_and_comes_back_after_s
 SERVE_BAD_VALUES = {
     "workers 0": (["--workers", "0"], "--workers must be a number >= 1 or auto, not '0'"),
     "batch size": (["--batch-size", "-1"], "--batch-size must be a number >= 1, not '-1'"),
+    # TorchServe reads a delay of 0 as unset and waits 100 ms for every batch (measured).
+    "batch delay 0": (["--max-batch-delay", "0"], "--max-batch-delay must be a number of milliseconds >= 1"),
     "timeout": (["--timeout", "soon"], "--timeout must be a number of seconds > 0, not 'soon'"),
     "precision": (["--precision", "float16"], "--precision: setting 'precision': float16 is refused"),
 }

@@ -55,6 +55,17 @@ The TS_*_PORT and TS_MODEL_STORE environment variables override config.propertie
 """
 
 
+
+def at_least_one(text: str) -> int:
+    """An integer >= 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
 def _cli_overrides(args: argparse.Namespace) -> dict[str, str]:
     overrides = env_overrides(os.environ)
     for item in getattr(args, "set", None) or []:
@@ -322,9 +333,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--name", required=True, help="model name (the archive NAME/ or NAME.mar in the store)")
     r.add_argument("--workers", type=workers_arg, default=1,
                    help="exact number of workers, or " + describe_auto() + d)
-    r.add_argument("--batch-size", type=int, help="override the archive's batchSize (default: the archive's)")
-    r.add_argument("--max-batch-delay", type=int, metavar="MS",
-                   help="override the archive's maxBatchDelay in ms (default: the archive's)")
+    r.add_argument("--batch-size", type=at_least_one, help="override the archive's batchSize (default: the archive's)")
+    r.add_argument("--max-batch-delay", type=at_least_one, metavar="MS",
+                   help="override the archive's maxBatchDelay in ms, >= 1: TorchServe reads 0 as unset and waits "
+                        "100 ms (default: the archive's)")
     management_options(r, "seconds to wait for registration and READY workers")
     r.add_argument("--store", help="model store to look for the archive in (default: model_store of "
                                    "config.properties)")

@@ -103,8 +103,10 @@ def build_archive(
     for label, value in (("--workers", spec.workers), ("--batch-size", spec.batch_size)):
         if value < 1:
             raise BuildError(f"{label} must be at least 1, not {value}.")
-    if spec.max_batch_delay_ms < 0:
-        raise BuildError(f"--max-batch-delay must be >= 0 ms, not {spec.max_batch_delay_ms}.")
+    if spec.max_batch_delay_ms < 1:
+        # TorchServe 0.12 reads 0 as "not set" and waits its default 100 ms for every batch.
+        raise BuildError(f"--max-batch-delay must be at least 1 ms, not {spec.max_batch_delay_ms} (TorchServe "
+                         "reads 0 as unset and then waits 100 ms to fill each batch).")
     default_entry = validate_handler_dir(handler_dir)
     entry = Path(entry) if entry else default_entry
     if not entry.is_file():
