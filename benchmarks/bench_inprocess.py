@@ -199,11 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         overrides["max_batch_tokens"] = args.max_batch_tokens
     if args.max_batch_rows:
         overrides["max_batch_rows"] = args.max_batch_rows
+    if args.overhead_tokens is not None:
+        overrides["micro_batch_overhead_tokens"] = args.overhead_tokens
     settings = Settings.from_sources({**overrides, **VARIANTS.get(args.variants.split(",")[0].strip(), {})},
                                      environ={})
-    if args.overhead_tokens is not None:
-        encoder_module._BATCH_OVERHEAD_TOKENS[device.type] = args.overhead_tokens
-    overhead = encoder_module._BATCH_OVERHEAD_TOKENS.get(device.type, 0)
+    overhead = settings.micro_batch_overhead_tokens
+    if overhead is None:
+        overhead = encoder_module.DEFAULT_OVERHEAD_TOKENS.get(device.type, 0)
 
     variant_names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variant_names if v not in VARIANTS]
@@ -288,11 +290,10 @@ def main(argv: list[str] | None = None) -> int:
 
     base_settings = core.settings
     for tokens, max_rows, batch_overhead in parse_planner(args.planner):
-        core.settings = dataclasses.replace(base_settings, max_batch_tokens=tokens, max_batch_rows=max_rows)
-        encoder_module._BATCH_OVERHEAD_TOKENS[device.type] = batch_overhead
+        core.settings = dataclasses.replace(base_settings, max_batch_tokens=tokens, max_batch_rows=max_rows,
+                                            micro_batch_overhead_tokens=batch_overhead)
         rows.append(measure(f"core {variant_names[0]} ({tokens} tok, {max_rows} rows, overhead {batch_overhead})"))
     core.settings = base_settings
-    encoder_module._BATCH_OVERHEAD_TOKENS[device.type] = overhead
     core = None  # one model copy at a time on the device
     if on_cuda:
         torch.cuda.empty_cache()

@@ -51,7 +51,6 @@ class Variant:
     first_chunk: int = 256  # encode's first chunk of pairs
     pack_min_rows: int | None = 16  # None: never packed
     packed_backends: tuple[str, ...] | None = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
-    overhead_tokens: int | None = None  # the planner's price of one more micro-batch (None: the encoder's)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -66,15 +65,16 @@ VARIANTS: dict[str, Variant] = {
     "packed_min4": Variant(pack_min_rows=4),
     "packed_32k": Variant(overrides={"max_batch_tokens": 32768, "max_batch_rows": 256}),
     # The planner's price of a micro-batch, and larger bulk micro-batches (all padded, packing off).
-    "overhead128": Variant(pack_min_rows=None, overhead_tokens=128),
-    "overhead256": Variant(pack_min_rows=None, overhead_tokens=256),
-    "overhead1024": Variant(pack_min_rows=None, overhead_tokens=1024),
+    "overhead128": Variant(pack_min_rows=None, overrides={"micro_batch_overhead_tokens": 128}),
+    "overhead256": Variant(pack_min_rows=None, overrides={"micro_batch_overhead_tokens": 256}),
+    "overhead1024": Variant(pack_min_rows=None, overrides={"micro_batch_overhead_tokens": 1024}),
     "rows256": Variant(pack_min_rows=None, overrides={"max_batch_rows": 256}),
-    "rows256_overhead256": Variant(pack_min_rows=None, overrides={"max_batch_rows": 256}, overhead_tokens=256),
+    "rows256_overhead256": Variant(pack_min_rows=None, overrides={"max_batch_rows": 256,
+                                                                    "micro_batch_overhead_tokens": 256}),
     "graphs32k": Variant(pack_min_rows=None, overrides={"graph_max_tokens": 32768}),
     "graphs_off": Variant(pack_min_rows=None, overrides={"cuda_graphs": False}),
 }
-_DEFAULT_OVERHEAD = dict(encoder_module._BATCH_OVERHEAD_TOKENS)
+
 
 CATEGORIES = (
     ("attention", ("fmha", "attention", "flash", "sdpa", "attn", "flex")),
@@ -158,7 +158,7 @@ def bulk_batch(encoder: InstructorEncoder, items: list[TokenizedPair]) -> list[T
     fast = encoder._accelerated
     slots = fast.compute_slots if fast is not None else encoder_module.padded_slots
     plan = plan_micro_batches(lengths, encoder.settings.max_batch_tokens, encoder.settings.max_batch_rows,
-                              encoder_module._BATCH_OVERHEAD_TOKENS.get(encoder.device.type, 0), slots)
+                              encoder.overhead_tokens, slots)
     biggest = max(plan, key=lambda rows: len(rows) * max(lengths[i] for i in rows))
     return [items[i] for i in biggest]
 
@@ -267,9 +267,6 @@ def build(model_dir: Path, device: str, name: str) -> InstructorEncoder:
     acceleration.set_row_buckets(variant.buckets)
     acceleration.PACK_MIN_ROWS = variant.pack_min_rows
     encoder_module.FIRST_CHUNK_PAIRS = variant.first_chunk
-    encoder_module._BATCH_OVERHEAD_TOKENS.update(_DEFAULT_OVERHEAD)
-    if variant.overhead_tokens is not None:
-        encoder_module._BATCH_OVERHEAD_TOKENS[torch.device(device).type] = variant.overhead_tokens
     settings = Settings.from_sources({"warmup": False, **variant.overrides}, environ={})
     encoder = InstructorEncoder(model_dir, settings, device)
     fast = encoder._accelerated
@@ -315,7 +312,7 @@ def time_variant(encoder: InstructorEncoder, name: str, pairs: list[tuple[str, s
             slots += sum(lengths)
             continue
         plan = plan_micro_batches(lengths, encoder.settings.max_batch_tokens, encoder.settings.max_batch_rows,
-                                  encoder_module._BATCH_OVERHEAD_TOKENS.get(encoder.device.type, 0), slot_fn)
+                                  encoder.overhead_tokens, slot_fn)
         for rows in plan:
             slots += int(slot_fn(max(lengths[i] for i in rows), np.array([len(rows)]))[0])
     result = VariantResult(
@@ -438,7 +435,7 @@ def timed_plan(encoder: InstructorEncoder, lengths: list[int]) -> float:
     slots = fast.compute_slots if fast is not None else encoder_module.padded_slots
     started = time.perf_counter()
     plan_micro_batches(lengths, encoder.settings.max_batch_tokens, encoder.settings.max_batch_rows,
-                       encoder_module._BATCH_OVERHEAD_TOKENS.get(encoder.device.type, 0), slots)
+                       encoder.overhead_tokens, slots)
     return time.perf_counter() - started
 
 

@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 
 Pair = tuple[str, str]
 _INSTRUCTION_CACHE_SIZE = 4096
-# What one extra micro-batch costs, in padded-token slots (launch + host overhead); tunes the planner.
-_BATCH_OVERHEAD_TOKENS = {"cuda": 512, "cpu": 32}
+# What one extra micro-batch costs, in padded-token slots (launch + host overhead), where the setting
+# micro_batch_overhead_tokens is not given; tunes the planner.
+DEFAULT_OVERHEAD_TOKENS = {"cuda": 512, "cpu": 32}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +163,13 @@ class InstructorEncoder:
         self._accelerated = None
 
     @property
+    def overhead_tokens(self) -> int:
+        """The planner's price of one more micro-batch, in token slots."""
+        if self.settings.micro_batch_overhead_tokens is not None:
+            return self.settings.micro_batch_overhead_tokens
+        return DEFAULT_OVERHEAD_TOKENS.get(self.device.type, 0)
+
+    @property
     def vocabulary_size(self) -> int:
         """Rows of the input embedding: every token id must be below it."""
         return int(self._model.get_input_embeddings().num_embeddings)
@@ -256,7 +264,7 @@ class InstructorEncoder:
             # With CUDA graphs a micro-batch runs in its bucket's shape: the plan prices that padding too.
             slots = fast.compute_slots if fast is not None else padded_slots
             plan = plan_micro_batches(lengths, self.settings.max_batch_tokens, self.settings.max_batch_rows,
-                                      _BATCH_OVERHEAD_TOKENS.get(self.device.type, 0), slots)
+                                      self.overhead_tokens, slots)
         pending: list[tuple[list[int], torch.Tensor]] = []
         with torch.inference_mode():
             for rows in plan:

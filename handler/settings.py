@@ -62,6 +62,10 @@ class Settings:
     # Micro-batches inside one encode call: rows x padded length <= max_batch_tokens, rows <= max_batch_rows.
     max_batch_tokens: int = 16384
     max_batch_rows: int = 128
+    # What the planner charges for one more micro-batch, in token slots (launches, one more read of the
+    # weights): lower cuts a batch into more micro-batches with less padding. None: the device's default
+    # (handler/encoder.py: DEFAULT_OVERHEAD_TOKENS).
+    micro_batch_overhead_tokens: int | None = None
     # Request limits, checked before any tokenization (413).
     max_pairs_per_request: int = 256
     max_chars_per_text: int = 20000
@@ -111,6 +115,9 @@ class Settings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SettingsError(f"setting '{name}' must be >= 1, got {value}")
+        if self.micro_batch_overhead_tokens is not None and self.micro_batch_overhead_tokens < 0:
+            raise SettingsError("setting 'micro_batch_overhead_tokens' must be >= 0, got "
+                                f"{self.micro_batch_overhead_tokens}")
         if self.max_seq_length is not None and self.max_seq_length < 2:
             raise SettingsError(f"setting 'max_seq_length' must be >= 2, got {self.max_seq_length}")
         if self.max_seq_length is not None:

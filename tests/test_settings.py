@@ -37,6 +37,7 @@ def test_yaml_values_are_coerced_and_environment_overrides_yaml():
     ({"max_batch_request_tokens": 0}, "'max_batch_request_tokens' must be >= 1"),
     ({"tokenizer_threads": "several"}, "'tokenizer_threads' must be an integer"),
     ({"cuda_graphs": "maybe"}, "'cuda_graphs' must be true or false"),
+    ({"micro_batch_overhead_tokens": -1}, "'micro_batch_overhead_tokens' must be >= 0"),
 ])
 def test_bad_settings_are_refused_with_the_setting_named(section, fragment):
     with pytest.raises(SettingsError) as caught:
@@ -49,6 +50,19 @@ def test_measured_limits_default_to_auto_and_take_integers():
     settings = Settings.from_sources({"max_batch_request_tokens": "4096"},
                                      environ={"INSTRUCTOR_TOKENIZER_THREADS": "2"})
     assert settings.max_batch_request_tokens == 4096 and settings.tokenizer_threads == 2
+
+
+def test_the_planner_price_of_a_micro_batch_is_the_devices_unless_set(tiny_models):
+    from handler.encoder import InstructorEncoder
+
+    model = next(iter(tiny_models.values()))
+    assert InstructorEncoder(model, Settings(), "cpu").overhead_tokens == 32
+    priced = InstructorEncoder(model, Settings(micro_batch_overhead_tokens=0), "cpu")
+    lengths = [40, 39, 12, 11, 10, 3]
+    items = priced.tokenize([("", "word " * (n - 1)) for n in lengths])
+    assert priced.overhead_tokens == 0
+    # Free micro-batches: each distinct length gets its own, so nothing is padded.
+    assert priced.embed(items).stats.padding_ratio == 0
 
 
 def test_settings_round_trip_through_as_dict():
