@@ -22,6 +22,8 @@ PHASE
   engine-profile
              the shared engine under single-pair load (c=256, auto workers), its device loop sampled with
              py-spy (needs py-spy on PATH): where the engine's one thread spends its time
+  tuning     large through TorchServe, auto workers: the shipped settings, then 512-pair stage chunks with a
+             micro-batch price of 256 token slots, then the same with maxBatchDelay 1 ms (c=1 latency)
   bulk       instructor-embed with its defaults on 100,000 workload pairs against served large (bench_bulk)
   --quick    tiny workloads and the base shape, to check the script itself (on CPU too)
 
@@ -36,7 +38,7 @@ phase="${1:-}"
 quick=0
 [[ "${2:-}" == "--quick" ]] && quick=1
 case "$phase" in
-  inprocess|xl|served|baseline|twogpu|auto|engine|engine-profile|bulk) ;;
+  inprocess|xl|served|baseline|twogpu|auto|engine|engine-profile|tuning|bulk) ;;
   -h|--help) usage; exit 0 ;;
   *) usage >&2; exit 2 ;;
 esac
@@ -63,9 +65,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 
 shape=large; pairs=4096; base_pairs=1024; reps=3; lat=200; hb=20
 loads="1x1:5,256x1:6,512x1:6,16x64:6"; engine_loads="256x1:6,16x64:6"; base_loads="1x1:4,64x1:5"; compare_loads="1x1:5,256x1:6,512x1:8,16x64:6"
+delay_loads="1x1:5,256x1:6"
 if [[ $quick == 1 ]]; then
   shape=base; pairs=64; base_pairs=16; reps=1; lat=3; hb=2
-  loads="1x1:2,4x8:2"; engine_loads="4x8:2"; base_loads="1x1:2"; compare_loads="4x1:2"
+  loads="1x1:2,4x8:2"; engine_loads="4x8:2"; base_loads="1x1:2"; compare_loads="4x1:2"; delay_loads="1x1:2"
 fi
 common=(--shape "$shape" --batch-size 128 --max-batch-delay 2 --warmup 2)
 
@@ -126,6 +129,18 @@ case "$phase" in
     wait $load || echo "bench_torchserve engine-profile FAILED"
     grep -E "pairs/s|GPU memory" "$out/engine-profile-load.log"
     cp "${TMPDIR:-/tmp}"/ts-bench-*/tmp/instructor-engines/*.log "$out/" 2>/dev/null || true
+    ;;
+  tuning)
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets noop,core --workers auto --loads "$engine_loads,1x1:5" ||
+      echo "bench_torchserve shipped FAILED"
+    finish
+    tuned=(--setting stage_chunk_pairs=512 --setting micro_batch_overhead_tokens=256)
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "$engine_loads,1x1:5" \
+      "${tuned[@]}" --key-suffix _chunk512_price256 || echo "bench_torchserve chunk512 FAILED"
+    finish
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --max-batch-delay 1 --targets core \
+      --workers auto --loads "$delay_loads" "${tuned[@]}" --key-suffix _chunk512_price256_delay1 ||
+      echo "bench_torchserve delay1 FAILED"
     ;;
   bulk)
     "$py" -m benchmarks.bench_bulk --shape "$shape" --pairs $((quick == 1 ? 300 : 100000)) || echo "bench_bulk FAILED"
