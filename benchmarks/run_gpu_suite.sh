@@ -22,8 +22,8 @@ PHASE
   engine-profile
              the shared engine under single-pair load (c=256, auto workers), its device loop sampled with
              py-spy (needs py-spy on PATH): where the engine's one thread spends its time
-  tuning     large through TorchServe, auto workers: the shipped settings, then 512-pair stage chunks with a
-             micro-batch price of 256 token slots, then the same with maxBatchDelay 1 ms (c=1 latency)
+  tuning     large through TorchServe, auto workers: the shipped settings, then 512-pair stage chunks, then the
+             same with maxBatchDelay 1 ms (c=1 latency)
   bulk       instructor-embed with its defaults on 100,000 workload pairs against served large (bench_bulk)
   --quick    tiny workloads and the base shape, to check the script itself (on CPU too)
 
@@ -134,12 +134,12 @@ case "$phase" in
     "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets noop,core --workers auto --loads "$engine_loads,1x1:5" ||
       echo "bench_torchserve shipped FAILED"
     finish
-    tuned=(--setting stage_chunk_pairs=512 --setting micro_batch_overhead_tokens=256)
+    tuned=(--setting stage_chunk_pairs=512)
     "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "$engine_loads,1x1:5" \
-      "${tuned[@]}" --key-suffix _chunk512_price256 || echo "bench_torchserve chunk512 FAILED"
+      "${tuned[@]}" --key-suffix _chunk512 || echo "bench_torchserve chunk512 FAILED"
     finish
     "$py" -m benchmarks.bench_torchserve "${common[@]}" --max-batch-delay 1 --targets core \
-      --workers auto --loads "$delay_loads" "${tuned[@]}" --key-suffix _chunk512_price256_delay1 ||
+      --workers auto --loads "$delay_loads" "${tuned[@]}" --key-suffix _chunk512_delay1 ||
       echo "bench_torchserve delay1 FAILED"
     ;;
   bulk)
