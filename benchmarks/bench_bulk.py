@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, help="serve this model directory instead of the bench model")
     parser.add_argument("--workers", default="auto", help="workers when starting TorchServe (default: auto)")
     parser.add_argument("--batch-size", type=int, default=128, help="archive batchSize (default: 128)")
-    parser.add_argument("--max-batch-delay", type=int, default=2, help="archive maxBatchDelay, ms (default: 2)")
+    parser.add_argument("--max-batch-delay", type=int, default=1, help="archive maxBatchDelay, ms (default: 1)")
     parser.add_argument("--response-timeout", type=int, default=120, help="archive responseTimeout, s (default: 120)")
     parser.add_argument("--label", help="the model part of the keys (default: --shape, or the --model name)")
     parser.add_argument("--card", help="the card part of the keys (default: this machine's GPU 0, or cpu)")

@@ -17,7 +17,7 @@ runs the same loads with 1 GPU and with all of them in one run and records their
 Examples:
   python -m benchmarks.bench_torchserve --shape base --targets core --workers 1 --loads 16x1:20
   python -m benchmarks.bench_torchserve --shape large --targets noop,core --workers 1,2,4 \\
-      --loads 1x1:8,256x1:10,16x64:10 --batch-size 128 --max-batch-delay 2
+      --loads 1x1:8,256x1:10,16x64:10 --batch-size 128 --max-batch-delay 1
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-loads", default="1x1:6,64x1:8", help="loads of the baseline (default: %(default)s)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring (default: 3)")
     parser.add_argument("--batch-size", type=int, default=128, help="archive batchSize (default: 128)")
-    parser.add_argument("--max-batch-delay", type=int, default=2, help="archive maxBatchDelay, ms (default: 2)")
+    parser.add_argument("--max-batch-delay", type=int, default=1, help="archive maxBatchDelay, ms (default: 1)")
     parser.add_argument("--response-timeout", type=int, default=120, help="archive responseTimeout, s (default: 120)")
     parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                         help="a handler setting of the core archive (repeatable)")

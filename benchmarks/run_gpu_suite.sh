@@ -22,8 +22,8 @@ PHASE
   engine-profile
              the shared engine under single-pair load (c=256, auto workers), its device loop sampled with
              py-spy (needs py-spy on PATH): where the engine's one thread spends its time
-  tuning     large through TorchServe, auto workers: the shipped settings, then 512-pair stage chunks, then the
-             same with maxBatchDelay 1 ms (c=1 latency)
+  tuning     large through TorchServe, auto workers: the recommended settings, then 512-pair stage chunks, then
+             maxBatchDelay 2 ms (the earlier recommendation)
   bulk       instructor-embed with its defaults on 100,000 workload pairs against served large (bench_bulk)
   --quick    tiny workloads and the base shape, to check the script itself (on CPU too)
 
@@ -70,7 +70,7 @@ if [[ $quick == 1 ]]; then
   shape=base; pairs=64; base_pairs=16; reps=1; lat=3; hb=2
   loads="1x1:2,4x8:2"; engine_loads="4x8:2"; base_loads="1x1:2"; compare_loads="4x1:2"; delay_loads="1x1:2"
 fi
-common=(--shape "$shape" --batch-size 128 --max-batch-delay 2 --warmup 2)
+common=(--shape "$shape" --batch-size 128 --max-batch-delay 1 --warmup 2)
 
 case "$phase" in
   inprocess)
@@ -132,15 +132,13 @@ case "$phase" in
     ;;
   tuning)
     "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets noop,core --workers auto --loads "$engine_loads,1x1:5" ||
-      echo "bench_torchserve shipped FAILED"
+      echo "bench_torchserve recommended FAILED"
     finish
-    tuned=(--setting stage_chunk_pairs=512)
     "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "$engine_loads,1x1:5" \
-      "${tuned[@]}" --key-suffix _chunk512 || echo "bench_torchserve chunk512 FAILED"
+      --setting stage_chunk_pairs=512 --key-suffix _chunk512 || echo "bench_torchserve chunk512 FAILED"
     finish
-    "$py" -m benchmarks.bench_torchserve "${common[@]}" --max-batch-delay 1 --targets core \
-      --workers auto --loads "$delay_loads" "${tuned[@]}" --key-suffix _chunk512_delay1 ||
-      echo "bench_torchserve delay1 FAILED"
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --max-batch-delay 2 --targets core --workers auto \
+      --loads "$delay_loads" --key-suffix _delay2 || echo "bench_torchserve delay2 FAILED"
     ;;
   bulk)
     "$py" -m benchmarks.bench_bulk --shape "$shape" --pairs $((quick == 1 ? 300 : 100000)) || echo "bench_bulk FAILED"

@@ -423,7 +423,7 @@ def test_a_malformed_form_body_is_refused_by_the_frontend_without_touching_the_w
 
 def test_a_full_queue_answers_503_fast(model_dir, tmp_path, reference_encoder):
     store = tmp_path / "store"
-    build_with_script(str(model_dir), MODEL, store, "--batch-size", "1", "--max-batch-delay", "0")
+    build_with_script(str(model_dir), MODEL, store, "--batch-size", "1", "--max-batch-delay", "1")
     heavy = [["Represent the document:", " ".join(random.Random(i).choices(WORDS, k=400))] for i in range(128)]
     body = json.dumps({"inputs": heavy}).encode()
     expected = reference_encoder.encode([tuple(p) for p in heavy]).vectors

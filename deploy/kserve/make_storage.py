@@ -36,6 +36,7 @@ from scripts.launcher.config import OVERLAY_DIR, render_config  # noqa: E402 - n
 from scripts.launcher.errors import CtlError  # noqa: E402
 from scripts.launcher.memory import Capacity  # noqa: E402
 from scripts.launcher.names import check_model_name  # noqa: E402
+from scripts.launcher.workers import at_least_one  # noqa: E402
 from scripts.model_archive.spec import DEFAULT_SPEC  # noqa: E402 - the archive builder's defaults
 
 METRICS_CONFIG = REPO / "config" / "metrics.yaml"
@@ -158,9 +159,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--archive", type=Path, required=True, help="the .mar built by build_archive.sh --format mar")
     parser.add_argument("--out", type=Path, required=True, help="directory to write the layout into")
     parser.add_argument("--name", help="model name served (default: the archive's)")
-    parser.add_argument("--workers", type=int, help="workers per pod; on GPU one per GPU (default: the archive's)")
-    parser.add_argument("--batch-size", type=int, help="TorchServe dynamic batch size (default: the archive's)")
-    parser.add_argument("--max-batch-delay", type=int, metavar="MS", help="ms to fill a batch (default: the archive's)")
+    parser.add_argument("--workers", type=at_least_one,
+                        help="workers per pod; on GPU one per GPU (default: the archive's)")
+    parser.add_argument("--batch-size", type=at_least_one,
+                        help="TorchServe dynamic batch size (default: the archive's)")
+    parser.add_argument("--max-batch-delay", type=at_least_one, metavar="MS",
+                        help="ms to fill a batch, >= 1: TorchServe reads 0 as unset (default: the archive's)")
     parser.add_argument("--token-auth", choices=("off", "on"), default="off",
                         help="TorchServe token auth; off because the KServe wrapper cannot send a token" + d)
     parser.add_argument("--mount-path", default=KSERVE_MOUNT, help="where the layout is mounted in the pod" + d)

@@ -27,7 +27,7 @@ from scripts.launcher.memory import RECOMMENDED_MAX, Capacity
 from scripts.launcher.processes import pid_file, running_pid
 from scripts.launcher.registrar import DEFAULT_LOG_DIR, Registrar, find_archive, register
 from scripts.launcher.rest import read_keys, request
-from scripts.launcher.workers import describe_auto, workers_arg
+from scripts.launcher.workers import at_least_one, describe_auto, workers_arg
 
 DEFAULT_KEY_FILE = REPO_ROOT / "key_file.json"
 EXAMPLE_BODY = {
@@ -55,16 +55,6 @@ The TS_*_PORT and TS_MODEL_STORE environment variables override config.propertie
 """
 
 
-
-def at_least_one(text: str) -> int:
-    """An integer >= 1 (argparse type)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 def _cli_overrides(args: argparse.Namespace) -> dict[str, str]:
     overrides = env_overrides(os.environ)

@@ -88,3 +88,14 @@ def workers_arg(value: str) -> int:
 def describe_auto() -> str:
     """--help text for auto, from the settings above."""
     return (f"auto: 1 on CPU; on GPUs up to {WORKERS_PER_GPU} per GPU, {CORES_PER_GPU_WORKER} CPU cores each")
+
+
+def at_least_one(text: str) -> int:
+    """An integer >= 1 (argparse type): batch sizes and delays (TorchServe reads a delay of 0 as unset)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
