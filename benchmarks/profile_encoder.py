@@ -73,6 +73,8 @@ VARIANTS: dict[str, Variant] = {
                                                                     "micro_batch_overhead_tokens": 256}),
     "graphs32k": Variant(pack_min_rows=None, overrides={"graph_max_tokens": 32768}),
     "graphs_off": Variant(pack_min_rows=None, overrides={"cuda_graphs": False}),
+    # Each micro-batch one packed token stream, varlen attention (Triton), a CUDA graph per stream length.
+    "stream": Variant(pack_min_rows=None, overrides={"packed_stream": True}),
 }
 
 
@@ -308,6 +310,9 @@ def time_variant(encoder: InstructorEncoder, name: str, pairs: list[tuple[str, s
     slot_fn = fast.compute_slots if fast is not None else encoder_module.padded_slots
     for batch in batches:  # tokens the 64-pair calls really computed (graph buckets included)
         lengths = [len(i.input_ids) for i in batch]
+        if fast is not None and fast.streams:
+            slots += acceleration.stream_bucket(sum(lengths)) if fast.use_graphs else sum(lengths)
+            continue
         if fast is not None and fast.packs(len(batch)):
             slots += sum(lengths)
             continue

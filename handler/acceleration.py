@@ -77,6 +77,18 @@ def _bucket_length(length: int) -> int:
     return -(-length // step) * step
 
 
+# Token-stream lengths of the packed stream's CUDA graphs (packed_stream): fine steps for the few tokens of
+# single requests, then steps of 256 (at most 255 padding tokens in a micro-batch of thousands).
+_STREAM_SMALL_BUCKETS = (32, 64, 128, 256)
+STREAM_STEP = 256
+
+
+def stream_bucket(tokens: int) -> int:
+    """The graph a packed stream of ``tokens`` tokens runs in: its length rounded up to a bucket."""
+    small = next((b for b in _STREAM_SMALL_BUCKETS if b >= tokens), None)
+    return small if small is not None else -(-tokens // STREAM_STEP) * STREAM_STEP
+
+
 # Micro-batches of at least this many rows run packed (handler/packing.py); None: never. Off: packing from 16
 # rows measured 17% slower in bulk and 18% slower on 64-pair batches than the padded forward (large, one H100;
 # benchmarks/NOTES.md): its ~300 eager launches and gathers cost more than the padding they save. Benchmarks set it.
@@ -155,6 +167,14 @@ class _Graph:
     output: torch.Tensor
 
 
+@dataclasses.dataclass
+class _StreamGraph:
+    graph: torch.cuda.CUDAGraph
+    input_ids: torch.Tensor  # (bucket,) the stream's token ids; padding tokens 0
+    cu_seqlens: torch.Tensor  # (max_rows + 1,) int32 sequence boundaries
+    output: torch.Tensor  # (bucket, d_model)
+
+
 class FastT5Encoder:
     """Callable ``(input_ids, attention_mask) -> last_hidden_state`` for a loaded T5 encoder.
 
@@ -191,6 +211,12 @@ class FastT5Encoder:
         # execution plan for each new shape (benchmarks/NOTES.md), the memory-efficient kernel needs none.
         self.packed_attention_backends: Sequence[SDPBackend] | None = (
             SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+        # The packed token stream (``enable_stream``): None until enabled and checked.
+        self.stream_max_rows = 0
+        self.stream_max_len = 0
+        self.stream_max_tokens = 0
+        self._bias_table: torch.Tensor | None = None
+        self._stream_graphs: dict[int, _StreamGraph] = {}
 
     def _fuse(self, block: torch.nn.Module) -> _Layer:
         attention = block.layer[0].SelfAttention
@@ -326,6 +352,143 @@ class FastT5Encoder:
         return self.forward_packed(host.to(self.device, non_blocking=self.device.type == "cuda"), packed,
                                    len(layout.lengths), longest)
 
+    # ---- the packed token stream (varlen attention, handler/varlen.py) -------------------------
+
+    @property
+    def streams(self) -> bool:
+        """Whether micro-batches run as packed token streams."""
+        return self._bias_table is not None
+
+    def enable_stream(self, model: torch.nn.Module, max_len: int, max_rows: int, max_tokens: int) -> bool:
+        """Run micro-batches of up to ``max_rows`` sequences of up to ``max_len`` tokens, ``max_tokens`` in all,
+        as one packed token stream; False (logged) where Triton is missing or the result differs from the
+        Hugging Face forward on a probe."""
+        try:
+            from handler import varlen  # noqa: F401 - Triton: present in torch's CUDA builds
+        except Exception as exc:
+            log.warning("packed token streams not used: the varlen attention kernel is unavailable (%r)", exc)
+            return False
+        head_dim_ok = self.d_kv >= 16 and self.d_kv & (self.d_kv - 1) == 0
+        if not head_dim_ok:
+            log.warning("packed token streams not used: d_kv %d is not a power of two >= 16", self.d_kv)
+            return False
+        self.stream_max_len, self.stream_max_rows, self.stream_max_tokens = max_len, max_rows, max_tokens
+        with torch.no_grad():
+            position = self._bias_module.compute_bias(max_len, max_len, device=self.device)[0]  # (H, L, L)
+            # T5's bias depends on the offset key - query only: offsets -(L-1)..0 from the last query's row,
+            # 1..L-1 from the first query's.
+            self._bias_table = torch.cat([position[:, max_len - 1, :], position[:, 0, 1:]], dim=1) \
+                .to(self.dtype).contiguous()
+        try:
+            error = self.stream_check(model)
+        except Exception as exc:
+            log.warning("packed token streams not used: they failed on a probe batch (%r)", exc, exc_info=True)
+            error = float("inf")
+        if error > _SELF_CHECK_TOLERANCE:
+            log.warning("packed token streams not used: they differ from the Hugging Face forward by %.3g", error)
+            self._bias_table = None
+            return False
+        return True
+
+    def stream_check(self, model: torch.nn.Module) -> float:
+        """Relative difference between the packed stream and Hugging Face's padded forward (real tokens)."""
+        generator = torch.Generator().manual_seed(3)
+        lengths = [min(40, self.stream_max_len), 25, 7]
+        input_ids = torch.randint(2, self.embedding.shape[0], (3, lengths[0]), generator=generator)
+        attention = (torch.arange(lengths[0])[None, :] < torch.tensor(lengths)[:, None]).long()
+        stream = np.concatenate([input_ids[row, :n].numpy() for row, n in enumerate(lengths)])
+        with torch.inference_mode():
+            reference = model(input_ids=input_ids.to(self.device),
+                              attention_mask=attention.to(self.device)).last_hidden_state.float()
+            got = self.forward_stream(*self._stream_inputs(stream, np.asarray(lengths), len(stream))).float()
+        want = reference[attention.bool().to(self.device)]  # row by row, the stream's order
+        got = got[:len(stream)]
+        if not torch.isfinite(got).all():
+            return float("inf")
+        return float((got - want).norm() / want.norm())
+
+    def _stream_inputs(self, stream: np.ndarray, lengths: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Device tensors of a stream padded to ``size`` tokens and its boundaries for ``stream_max_rows``."""
+        ids = np.zeros(size, dtype=np.int64)
+        ids[:len(stream)] = stream
+        cu = np.full(self.stream_max_rows + 1, len(stream), dtype=np.int32)
+        cu[0] = 0
+        cu[1:len(lengths) + 1] = np.cumsum(lengths)
+        cuda = self.device.type == "cuda"
+        host_ids, host_cu = torch.from_numpy(ids), torch.from_numpy(cu)
+        if cuda:
+            host_ids, host_cu = host_ids.pin_memory(), host_cu.pin_memory()
+        return host_ids.to(self.device, non_blocking=cuda), host_cu.to(self.device, non_blocking=cuda)
+
+    def forward_stream(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """The encoder on a packed stream (T,) with sequence boundaries (max_rows + 1,) -> (T, d_model).
+
+        Tokens after the last sequence are computed like any other (each row of a matrix product is its own)
+        and never attended to; their outputs mean nothing.
+        """
+        from handler.varlen import varlen_attention
+
+        tokens = input_ids.shape[0]
+        inner = self.num_heads * self.d_kv
+        x = F.embedding(input_ids, self.embedding)
+        attended = torch.zeros(tokens, inner, dtype=self.dtype, device=self.device)
+        for w in self.layers:
+            h = F.rms_norm(x, (self.d_model,), w.ln1, self.eps)
+            qkv = torch.mm(h, w.qkv_t)
+            varlen_attention(qkv, cu_seqlens, self._bias_table, attended, self.num_heads, self.d_kv,
+                             self.stream_max_rows, self.stream_max_len)
+            x.addmm_(attended, w.o_t)
+            h = F.rms_norm(x, (self.d_model,), w.ln2, self.eps)
+            x.addmm_(torch._addmm_activation(self._relu_bias, h, w.wi_t), w.wo_t)
+        return F.rms_norm(x, (self.d_model,), self.final_ln, self.eps)
+
+    def run_stream(self, stream: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+        """``forward_stream`` from host arrays -> (>= T, d_model): the first T rows are the stream's tokens.
+
+        On CUDA with graphs, the result is the static output of the stream length's graph (valid until the
+        next call, like ``__call__``'s)."""
+        tokens = len(stream)
+        if not self.use_graphs or self.device.type != "cuda" or tokens > self.stream_max_tokens:
+            return self.forward_stream(*self._stream_inputs(stream, lengths, tokens))
+        size = stream_bucket(tokens)
+        entry = self._stream_graphs.get(size)
+        if entry is None:
+            try:
+                entry = self._capture_stream(size)
+            except Exception as exc:  # a capture failure costs speed, never the request
+                log.warning("CUDA graph capture of a %d-token stream failed (%r); running without graphs", size, exc)
+                self.use_graphs = False
+                return self.forward_stream(*self._stream_inputs(stream, lengths, tokens))
+        input_ids, cu_seqlens = self._stream_inputs(stream, lengths, size)
+        entry.input_ids.copy_(input_ids)
+        entry.cu_seqlens.copy_(cu_seqlens)
+        entry.graph.replay()
+        return entry.output
+
+    def stream_sizes(self) -> list[int]:
+        """Every stream length a graph is captured for (up to ``stream_max_tokens``)."""
+        return sorted({stream_bucket(t) for t in range(1, self.stream_max_tokens + 1)})
+
+    def _capture_stream(self, size: int) -> _StreamGraph:
+        started = time.perf_counter()
+        input_ids = torch.zeros(size, dtype=torch.long, device=self.device)
+        cu_seqlens = torch.full((self.stream_max_rows + 1,), size, dtype=torch.int32, device=self.device)
+        cu_seqlens[0] = 0
+        if self._graph_pool is None:
+            self._graph_pool = torch.cuda.graph_pool_handle()
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            self.forward_stream(input_ids, cu_seqlens)  # compiles the kernel, warms cuBLAS, outside capture
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._graph_pool):
+            output = self.forward_stream(input_ids, cu_seqlens)
+        entry = _StreamGraph(graph, input_ids, cu_seqlens, output)
+        self._stream_graphs[size] = entry
+        self.graph_seconds += time.perf_counter() - started
+        return entry
+
     # ---- CUDA graphs --------------------------------------------------------------------------
 
     def _graph_key(self, rows: int, length: int) -> tuple[int, int] | None:
@@ -365,7 +528,15 @@ class FastT5Encoder:
             return 0.0
         started = time.perf_counter()
         with torch.inference_mode():
-            for key in self.graph_shapes(max_length):
+            for size in self.stream_sizes() if self.streams else []:
+                if size not in self._stream_graphs and self.use_graphs:
+                    try:
+                        self._capture_stream(size)
+                    except Exception as exc:
+                        log.warning("CUDA graph capture of a %d-token stream failed (%r); running without graphs",
+                                    size, exc)
+                        self.use_graphs = False
+            for key in [] if self.streams else self.graph_shapes(max_length):
                 if key not in self._graphs and self.use_graphs:
                     try:
                         self._capture(key)
@@ -378,7 +549,8 @@ class FastT5Encoder:
                             "graphs", error)
                 self.use_graphs = False
         torch.cuda.synchronize(self.device)
-        log.info("captured %d CUDA graphs in %.1f s", len(self._graphs), time.perf_counter() - started)
+        log.info("captured %d CUDA graphs in %.1f s", len(self._graphs) + len(self._stream_graphs),
+                 time.perf_counter() - started)
         return time.perf_counter() - started
 
     def _graph_check(self) -> float:
@@ -394,7 +566,16 @@ class FastT5Encoder:
         real = attention.bool()
         if not torch.isfinite(got[real]).all():
             return float("inf")
-        return float((got[real] - expected[real]).norm() / expected[real].norm())
+        error = float((got[real] - expected[real]).norm() / expected[real].norm())
+        if self.streams:  # a graph replay of a packed stream against the same stream run eagerly
+            lengths = np.array([37, 20, 5])
+            stream = np.concatenate([input_ids[row, :n].cpu().numpy() for row, n in enumerate(lengths)])
+            expected = self.forward_stream(*self._stream_inputs(stream, lengths, len(stream))).float()
+            got = self.run_stream(stream, lengths)[:len(stream)].float()
+            if not torch.isfinite(got).all():
+                return float("inf")
+            error = max(error, float((got - expected).norm() / expected.norm()))
+        return error
 
     def _capture(self, key: tuple[int, int]) -> _Graph:
         started = time.perf_counter()

@@ -140,6 +140,9 @@ class InstructorEncoder:
         started = time.perf_counter()
         self._model, self.pad_token_id = _load_transformer(self.files, self.precision, self.device)
         self._accelerated = accelerate(self._model, self.device, self.precision, self.settings)  # None: CPU, fp32, int8
+        if self._accelerated is not None and self.settings.packed_stream and self.files.pooling_mode == "mean":
+            self._accelerated.enable_stream(self._model, self.max_seq_length, self.settings.max_batch_rows,
+                                            self.settings.max_batch_tokens)
         self._dense = torch.nn.Sequential(*load_dense_layers(self.files)).to(self.device).eval()
         self.dimension = self._infer_dimension()
         log.info(
@@ -258,7 +261,7 @@ class InstructorEncoder:
             return PendingEmbeddings(items, [], None, self.dimension, stats, started)
         lengths = [len(item.input_ids) for item in items]
         fast = self._accelerated
-        if fast is not None and fast.packs(len(items)):  # no padding to price: fill micro-batches in order
+        if fast is not None and (fast.streams or fast.packs(len(items))):  # no padding to price: fill in order
             plan = packed_plan(lengths, self.settings.max_batch_tokens, self.settings.max_batch_rows)
         else:
             # With CUDA graphs a micro-batch runs in its bucket's shape: the plan prices that padding too.
@@ -292,13 +295,42 @@ class InstructorEncoder:
             return (self._embed_rows(batch[:half], rows[:half], stats)
                     + self._embed_rows(batch[half:], rows[half:], stats))
         length = max(len(item.input_ids) for item in batch)
+        tokens = sum(len(item.input_ids) for item in batch)
         stats.micro_batches += 1
-        stats.tokens += sum(len(item.input_ids) for item in batch)
-        stats.padded_tokens += length * len(batch)
+        stats.tokens += tokens
+        streamed = self._accelerated is not None and self._accelerated.streams
+        stats.padded_tokens += tokens if streamed else length * len(batch)
         return [(rows, vectors)]
 
     def _forward(self, batch: list[TokenizedPair]) -> torch.Tensor:
-        """Encoder + pooling + Dense + normalize for one padded micro-batch -> float32 (rows, dim)."""
+        """Encoder + pooling + Dense + normalize for one micro-batch -> float32 (rows, dim)."""
+        if self._accelerated is not None and self._accelerated.streams:
+            pooled = self._pooled_stream(batch)
+        else:
+            pooled = self._pooled_padded(batch)
+        pooled = self._dense(pooled)
+        if self.files.normalize:
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled
+
+    def _pooled_stream(self, batch: list[TokenizedPair]) -> torch.Tensor:
+        """Mean of each pair's pooled positions, its micro-batch run as one packed token stream (float32)."""
+        lengths = np.array([len(item.input_ids) for item in batch])
+        stream = np.concatenate([np.asarray(item.input_ids, dtype=np.int64) for item in batch])
+        hidden = self._accelerated.run_stream(stream, lengths)[:len(stream)].float()
+        # Each token's row, and whether it is pooled (at or after its row's pool_start): 1.0.1's masked mean.
+        row_of = np.repeat(np.arange(len(batch)), lengths)
+        position = np.arange(len(stream)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        pooled_mask = (position >= np.repeat([item.pool_start for item in batch], lengths)).astype(np.float32)
+        counts = np.bincount(row_of, weights=pooled_mask, minlength=len(batch)).astype(np.float32)
+        non_blocking = self.device.type == "cuda"
+        mask_t = _to_device(pooled_mask, self.device, non_blocking)
+        summed = torch.zeros(len(batch), hidden.shape[1], device=self.device).index_add_(
+            0, _to_device(row_of, self.device, non_blocking), hidden * mask_t[:, None])
+        return summed / _to_device(counts, self.device, non_blocking).clamp(min=1e-9)[:, None]
+
+    def _pooled_padded(self, batch: list[TokenizedPair]) -> torch.Tensor:
+        """Pooled token states of one padded micro-batch (float32)."""
         length = max(len(item.input_ids) for item in batch)
         input_ids = np.full((len(batch), length), self.pad_token_id, dtype=np.int64)
         attention = np.zeros((len(batch), length), dtype=np.int64)
@@ -320,11 +352,7 @@ class InstructorEncoder:
         else:
             input_ids_t = _to_device(input_ids, self.device, non_blocking)
             hidden = self._model(input_ids=input_ids_t, attention_mask=attention_t).last_hidden_state
-        pooled = _pool(hidden.float(), pooling_t, attention_t, self.files.pooling_mode)
-        pooled = self._dense(pooled)
-        if self.files.normalize:
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return pooled
+        return _pool(hidden.float(), pooling_t, attention_t, self.files.pooling_mode)
 
     def warmup(self) -> float:
         """Run short and full-length batches once (allocator, kernels, autotuning); returns seconds."""

@@ -102,6 +102,10 @@ class Settings:
     # than 8192 on an H100 (eager micro-batches are host-bound), for ~0.8 GB more per worker (large).
     fast_forward: bool = True
     cuda_graphs: bool = True
+    # CUDA + bfloat16, mean pooling: each micro-batch runs as ONE packed token stream (no padding rows), its
+    # attention by a varlen kernel (handler/varlen.py, Triton), in a CUDA graph per stream length (~70).
+    # Off until measured faster on a GPU (benchmarks/NOTES.md).
+    packed_stream: bool = False
     graph_max_rows: int = 128
     graph_max_tokens: int = 16384
     # The instruction of OpenAI embeddings requests that send none ("": plain text, 1.0.1's encode([text])).
