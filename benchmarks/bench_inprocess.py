@@ -42,10 +42,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hf": {"fast_forward": False},
     "fused": {"cuda_graphs": False},
     "default": {},
-    # CUDA graphs only up to 8,192 tokens (the earlier default): larger micro-batches run eagerly.
-    "graphs8k": {"graph_max_tokens": 8192},
-    # Each micro-batch one packed token stream (no padding rows), varlen attention, graphs per stream length.
-    "stream": {"packed_stream": True},
+    # Padded micro-batches in CUDA graphs (the default before packed streams).
+    "padded": {"packed_stream": False},
 }
 
 

@@ -51,6 +51,7 @@ class Variant:
     first_chunk: int = 256  # encode's first chunk of pairs
     pack_min_rows: int | None = 16  # None: never packed
     packed_backends: tuple[str, ...] | None = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+    stream: bool = False  # packed_stream: one token stream per micro-batch (the default); else padded
 
 
 VARIANTS: dict[str, Variant] = {
@@ -60,7 +61,7 @@ VARIANTS: dict[str, Variant] = {
     "padded_fine16k": Variant(pack_min_rows=None, buckets=acceleration.FINE_ROW_BUCKETS,
                               overrides={"graph_max_tokens": 16384}),
     "packed": Variant(),
-    "default": Variant(pack_min_rows=acceleration.PACK_MIN_ROWS),
+    "default": Variant(pack_min_rows=None, stream=True),
     "packed_cudnn": Variant(packed_backends=None),
     "packed_min4": Variant(pack_min_rows=4),
     "packed_32k": Variant(overrides={"max_batch_tokens": 32768, "max_batch_rows": 256}),
@@ -73,8 +74,6 @@ VARIANTS: dict[str, Variant] = {
                                                                     "micro_batch_overhead_tokens": 256}),
     "graphs32k": Variant(pack_min_rows=None, overrides={"graph_max_tokens": 32768}),
     "graphs_off": Variant(pack_min_rows=None, overrides={"cuda_graphs": False}),
-    # Each micro-batch one packed token stream, varlen attention (Triton), a CUDA graph per stream length.
-    "stream": Variant(pack_min_rows=None, overrides={"packed_stream": True}),
 }
 
 
@@ -269,7 +268,8 @@ def build(model_dir: Path, device: str, name: str) -> InstructorEncoder:
     acceleration.set_row_buckets(variant.buckets)
     acceleration.PACK_MIN_ROWS = variant.pack_min_rows
     encoder_module.FIRST_CHUNK_PAIRS = variant.first_chunk
-    settings = Settings.from_sources({"warmup": False, **variant.overrides}, environ={})
+    settings = Settings.from_sources({"warmup": False, "packed_stream": variant.stream, **variant.overrides},
+                                     environ={})
     encoder = InstructorEncoder(model_dir, settings, device)
     fast = encoder._accelerated
     if fast is not None:
@@ -323,7 +323,7 @@ def time_variant(encoder: InstructorEncoder, name: str, pairs: list[tuple[str, s
     result = VariantResult(
         name, len(pairs) / statistics.median(bulk), len(items) / statistics.median(dynamic),
         1 - tokens / repeats / slots, micro / repeats / len(batches),
-        0 if fast is None else len(fast._graphs), setup_s,
+        0 if fast is None else len(fast._graphs) + len(fast._stream_graphs), setup_s,
         1.0 if reference is None else min_cosine(vectors, reference))
     if encoder.device.type == "cuda":
         result.bulk_busy = gpu_busy(lambda: encoder.encode(pairs))

@@ -75,7 +75,7 @@ common=(--shape "$shape" --batch-size 128 --max-batch-delay 1 --warmup 2)
 case "$phase" in
   inprocess)
     "$py" -m benchmarks.bench_inprocess --shape "$shape" --pairs $pairs --seed-pairs $base_pairs --repeats $reps \
-      --seed-repeats 1 --latency $lat --variants default,fused,graphs8k --dynamic-batch 64 || echo "bench_inprocess $shape FAILED"
+      --seed-repeats 1 --latency $lat --variants default,padded,fused --dynamic-batch 64 || echo "bench_inprocess $shape FAILED"
     finish
     "$py" -m benchmarks.bench_handler --shape "$shape" --repeats $hb || echo "bench_handler FAILED"
     ;;

@@ -96,16 +96,19 @@ class Settings:
     engine: EngineMode = EngineMode.WORKER
     # Run a few encodes at initialize so the first request does not pay for lazy init / autotuning.
     warmup: bool = True
-    # CUDA + bfloat16 only (handler/acceleration.py): the fused T5 forward, and CUDA graphs for every
-    # micro-batch of at most graph_max_rows rows and graph_max_tokens padded tokens (captured at warm-up).
+    # CUDA + bfloat16 only (handler/acceleration.py): the fused T5 forward, and CUDA graphs; for padded
+    # micro-batches (packed_stream off or unavailable), one for every micro-batch of at most graph_max_rows rows
+    # and graph_max_tokens padded tokens (captured at warm-up).
     # 16384 (= max_batch_tokens) graphs every micro-batch a dynamic batch can make: served 5-9% more pairs/s
     # than 8192 on an H100 (eager micro-batches are host-bound), for ~0.8 GB more per worker (large).
     fast_forward: bool = True
     cuda_graphs: bool = True
     # CUDA + bfloat16, mean pooling: each micro-batch runs as ONE packed token stream (no padding rows), its
-    # attention by a varlen kernel (handler/varlen.py, Triton), in a CUDA graph per stream length (~70).
-    # Off until measured faster on a GPU (benchmarks/NOTES.md).
-    packed_stream: bool = False
+    # attention by a varlen kernel (handler/varlen.py, Triton), in a CUDA graph per stream length (67, up to
+    # max_batch_tokens). Measured on an H100 against padded micro-batches: +14% in bulk, +48% on 64-pair
+    # dynamic batches (benchmarks/NOTES.md, round 8). Where Triton or its kernel is unavailable, or differs from
+    # the Hugging Face forward on a probe at load, the padded micro-batches (and the graph_* settings) serve.
+    packed_stream: bool = True
     graph_max_rows: int = 128
     graph_max_tokens: int = 16384
     # The instruction of OpenAI embeddings requests that send none ("": plain text, 1.0.1's encode([text])).

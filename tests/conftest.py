@@ -12,6 +12,9 @@ from tests.demo_model import demo_model_path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the Hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The packed stream's Triton kernel (handler/varlen.py) runs through Triton's interpreter: tests run on CPU.
+# Set before any test imports the kernel's module, which reads it once.
+os.environ["TRITON_INTERPRET"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -26,6 +26,7 @@ def relu_model(tiny_models):
 
 
 NO_GRAPHS = Settings(cuda_graphs=False)
+PADDED = Settings(warmup=False, packed_stream=False)  # padded micro-batches (tests/test_varlen.py: the stream)
 
 
 def test_it_stays_off_where_exactness_or_support_is_not_given(relu_model, tiny_models):
@@ -60,8 +61,8 @@ def test_the_encoder_gives_the_same_vectors_with_the_fast_forward(tiny_models, r
     plain = InstructorEncoder(tiny_models["tiny-instructor-relu"], Settings(warmup=False))
     monkeypatch.setattr(encoder_module, "accelerate",
                         lambda model, device, precision, settings: FastT5Encoder(model, NO_GRAPHS))
-    fast = InstructorEncoder(tiny_models["tiny-instructor-relu"], Settings(warmup=False))
-    assert fast._accelerated is not None
+    fast = InstructorEncoder(tiny_models["tiny-instructor-relu"], PADDED)
+    assert fast._accelerated is not None and not fast._accelerated.streams
     assert np.abs(fast.encode(pairs).vectors - plain.encode(pairs).vectors).max() <= 1e-5
 
 
@@ -109,7 +110,7 @@ def test_the_encoder_gives_the_same_vectors_with_packed_micro_batches(tiny_model
 
     plain = InstructorEncoder(tiny_models["tiny-instructor-relu"], Settings(warmup=False))
     monkeypatch.setattr(encoder_module, "accelerate", packing)
-    packed = InstructorEncoder(tiny_models["tiny-instructor-relu"], Settings(warmup=False))
+    packed = InstructorEncoder(tiny_models["tiny-instructor-relu"], PADDED)
     assert packed._accelerated.packs(len(pairs))
     assert np.abs(packed.encode(pairs).vectors - plain.encode(pairs).vectors).max() <= 1e-5
 

@@ -6,12 +6,9 @@ computes, not how fast: the speed is measured on a GPU in benchmarks/ (profile_e
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-os.environ["TRITON_INTERPRET"] = "1"  # before handler.varlen is imported: its kernel then runs on CPU
-pytest.importorskip("triton")
+pytest.importorskip("triton")  # tests/conftest.py has Triton interpret its kernels on CPU
 
 import numpy as np
 import torch
