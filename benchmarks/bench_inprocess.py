@@ -32,7 +32,6 @@ from benchmarks import results
 from benchmarks.baseline_encode import BaselineEncoder
 from benchmarks.make_bench_model import SHAPES, make_model
 from benchmarks.workload import check_lengths, make_pairs
-from handler import acceleration
 from handler import encoder as encoder_module
 from handler.encoder import InstructorEncoder, TokenizedPair
 from handler.settings import Settings
@@ -170,16 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dynamic-batch", type=int, default=0,
                         help="also time the headline fed the workload in tokenized batches of N pairs in arrival "
                              "order, one embed call each, as a worker's dynamic batches (default: 0, off)")
-    parser.add_argument("--pack-min-rows", type=int,
-                        help="run micro-batches of at least N rows packed (handler/packing.py; default: the "
-                             "encoder's default)")
     parser.add_argument("--results-dir", type=Path, default=results.BENCH_DIR,
                         help="where RESULTS.md and results.json are (default: benchmarks/)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not touch RESULTS.md/results.json")
     args = parser.parse_args(argv)
 
-    if args.pack_min_rows is not None:
-        acceleration.PACK_MIN_ROWS = args.pack_min_rows
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"
     n_pairs = args.pairs or (4096 if on_cuda else 256)

@@ -49,31 +49,23 @@ class Variant:
     buckets: tuple[int, ...] = acceleration.COARSE_ROW_BUCKETS  # graph row buckets
     backends: tuple[str, ...] | None = None  # SDPA kernels of the padded forward (None: SDPA chooses)
     first_chunk: int = 256  # encode's first chunk of pairs
-    pack_min_rows: int | None = 16  # None: never packed
-    packed_backends: tuple[str, ...] | None = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
     stream: bool = False  # packed_stream: one token stream per micro-batch (the default); else padded
 
 
 VARIANTS: dict[str, Variant] = {
-    "before": Variant(first_chunk=2048, pack_min_rows=None),  # the code before this work
-    "padded": Variant(pack_min_rows=None),
-    "padded_efficient": Variant(pack_min_rows=None, backends=("EFFICIENT_ATTENTION",)),
-    "padded_fine16k": Variant(pack_min_rows=None, buckets=acceleration.FINE_ROW_BUCKETS,
-                              overrides={"graph_max_tokens": 16384}),
-    "packed": Variant(),
-    "default": Variant(pack_min_rows=None, stream=True),
-    "packed_cudnn": Variant(packed_backends=None),
-    "packed_min4": Variant(pack_min_rows=4),
-    "packed_32k": Variant(overrides={"max_batch_tokens": 32768, "max_batch_rows": 256}),
-    # The planner's price of a micro-batch, and larger bulk micro-batches (all padded, packing off).
-    "overhead128": Variant(pack_min_rows=None, overrides={"micro_batch_overhead_tokens": 128}),
-    "overhead256": Variant(pack_min_rows=None, overrides={"micro_batch_overhead_tokens": 256}),
-    "overhead1024": Variant(pack_min_rows=None, overrides={"micro_batch_overhead_tokens": 1024}),
-    "rows256": Variant(pack_min_rows=None, overrides={"max_batch_rows": 256}),
-    "rows256_overhead256": Variant(pack_min_rows=None, overrides={"max_batch_rows": 256,
-                                                                    "micro_batch_overhead_tokens": 256}),
-    "graphs32k": Variant(pack_min_rows=None, overrides={"graph_max_tokens": 32768}),
-    "graphs_off": Variant(pack_min_rows=None, overrides={"cuda_graphs": False}),
+    "before": Variant(first_chunk=2048),  # padded, the first chunk as before round 5
+    "padded": Variant(),
+    "padded_efficient": Variant(backends=("EFFICIENT_ATTENTION",)),
+    "padded_fine16k": Variant(buckets=acceleration.FINE_ROW_BUCKETS, overrides={"graph_max_tokens": 16384}),
+    "default": Variant(stream=True),
+    # The planner's price of a micro-batch, and larger bulk micro-batches (all padded).
+    "overhead128": Variant(overrides={"micro_batch_overhead_tokens": 128}),
+    "overhead256": Variant(overrides={"micro_batch_overhead_tokens": 256}),
+    "overhead1024": Variant(overrides={"micro_batch_overhead_tokens": 1024}),
+    "rows256": Variant(overrides={"max_batch_rows": 256}),
+    "rows256_overhead256": Variant(overrides={"max_batch_rows": 256, "micro_batch_overhead_tokens": 256}),
+    "graphs32k": Variant(overrides={"graph_max_tokens": 32768}),
+    "graphs_off": Variant(overrides={"cuda_graphs": False}),
 }
 
 
@@ -266,7 +258,6 @@ def build(model_dir: Path, device: str, name: str) -> InstructorEncoder:
 
     variant = VARIANTS[name]
     acceleration.set_row_buckets(variant.buckets)
-    acceleration.PACK_MIN_ROWS = variant.pack_min_rows
     encoder_module.FIRST_CHUNK_PAIRS = variant.first_chunk
     settings = Settings.from_sources({"warmup": False, "packed_stream": variant.stream, **variant.overrides},
                                      environ={})
@@ -275,10 +266,7 @@ def build(model_dir: Path, device: str, name: str) -> InstructorEncoder:
     if fast is not None:
         if variant.backends is not None:
             fast.attention_backends = [getattr(SDPBackend, b) for b in variant.backends]
-        fast.packed_attention_backends = None if variant.packed_backends is None else \
-            [getattr(SDPBackend, b) for b in variant.packed_backends]
-        print(f"  {name}: packing {'off' if fast.pack_min_rows is None else f'from {fast.pack_min_rows} rows'}",
-              flush=True)
+        print(f"  {name}: {'packed streams' if fast.streams else 'padded micro-batches'}", flush=True)
     encoder.warmup()
     return encoder
 
@@ -313,9 +301,6 @@ def time_variant(encoder: InstructorEncoder, name: str, pairs: list[tuple[str, s
         if fast is not None and fast.streams:
             slots += acceleration.stream_bucket(sum(lengths)) if fast.use_graphs else sum(lengths)
             continue
-        if fast is not None and fast.packs(len(batch)):
-            slots += sum(lengths)
-            continue
         plan = plan_micro_batches(lengths, encoder.settings.max_batch_tokens, encoder.settings.max_batch_rows,
                                   encoder.overhead_tokens, slot_fn)
         for rows in plan:
@@ -339,9 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant (default: 3)")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"encoder variants, first is the reference ({', '.join(VARIANTS)})")
-    parser.add_argument("--profile", default="before,packed",
+    parser.add_argument("--profile", default="default,padded",
                         help="variants to profile kernel by kernel (the first also measures the ceilings and the "
-                             "attention kernels; default: before,packed; '' for none)")
+                             "attention kernels; default: default,padded; '' for none)")
     parser.add_argument("--flex", action="store_true",
                         help="also time FlexAttention on the bulk shape (compiles it: tens of seconds)")
     parser.add_argument("--out", type=Path, help="folder for kernel tables and traces")

@@ -4,27 +4,35 @@ Same weights and the same function as ``T5EncoderModel`` (relu feed-forward, rel
 with fewer and larger kernels per layer:
 
 - q, k and v in ONE matrix product (the three weights become views of one fused tensor, so no copy stays);
-- attention through ``F.scaled_dot_product_attention`` (memory-efficient kernel) with the position bias and
-  the padding mask merged ONCE per forward into one additive bias (Hugging Face rebuilds it in every layer),
-  allocated with a 16-aligned row stride so the kernel never copies it; T5 has no 1/sqrt(d_kv): scale=1;
 - the residual additions fused into the output projections (``addmm_`` accumulates into the residual stream);
 - relu fused into the first feed-forward product (cuBLASLt epilogue through ``torch._addmm_activation``);
 - the T5 RMS norm through the fused ``F.rms_norm`` kernel (fp32 statistics, as T5LayerNorm);
-- CUDA graphs for every micro-batch up to 128 rows and 16384 padded tokens (rows and length rounded up to
-  ~180 buckets, all captured at warm-up): one launch instead of ~200. This is the single-request (c=1)
-  latency path, and in a server it is what keeps dynamic batches fast: on the H100 hosts measured, the ~200
-  launches of an eager micro-batch ran 5-10x slower than its GPU work (benchmarks/NOTES.md).
-  ``torch.compile`` of the layer was measured 12% slower than this eager layer and is not offered.
+- T5 has no 1/sqrt(d_kv) in attention: scale 1.
 
-Both guards fall back instead of failing: a forward that errs or differs from Hugging Face's on a probe batch
-at load leaves the Hugging Face path in place; a graph capture that fails or replays differently turns graphs
-off. Each fallback is logged.
+Two ways to run a micro-batch:
+
+- **Packed token stream** (``packed_stream``, the default): the micro-batch's sequences concatenated, no
+  padding rows; matrix products and norms on (tokens, d_model); attention by a varlen kernel over the
+  sequences' boundaries with the position bias read by offset (handler/varlen.py, Triton); a CUDA graph per
+  stream length (67, up to max_batch_tokens, captured at warm-up).
+- **Padded** (the fallback): rows padded to the longest; attention through ``F.scaled_dot_product_attention``
+  with the position bias and the padding mask merged ONCE per forward into one additive bias, allocated with a
+  16-aligned row stride so the kernel never copies it; CUDA graphs for every micro-batch up to
+  ``graph_max_rows`` rows and ``graph_max_tokens`` padded tokens (~180 buckets, captured at warm-up).
+
+Graphs make a micro-batch one launch instead of ~200: on the H100 hosts measured, the launches of an eager
+micro-batch ran 5-10x slower than its GPU work (benchmarks/NOTES.md). ``torch.compile`` of the layer was
+measured 12% slower than this eager layer and is not offered.
+
+Every guard falls back instead of failing: a forward that errs or differs from Hugging Face's on a probe batch
+at load leaves the Hugging Face path in place; a packed stream that does (or a missing Triton) leaves padded
+micro-batches; a graph capture that fails or replays differently turns graphs off. Each fallback is logged.
 
 Only CUDA + bfloat16 is accelerated: on CPU, and for float32/int8, ``accelerate`` returns None and the encoder
 keeps the exact Hugging Face path, so CPU results and float32 exactness do not change. The switches are the
-``fast_forward``, ``cuda_graphs``, ``graph_max_rows`` and ``graph_max_tokens`` fields of ``Settings``.
-bf16 results differ from the Hugging Face bf16 forward by rounding only (fp32 accumulation in the fused
-products; see benchmarks: min cosine vs the fp32 reference >= 0.999).
+``fast_forward``, ``packed_stream``, ``cuda_graphs``, ``graph_max_rows`` and ``graph_max_tokens`` fields of
+``Settings``. bf16 results differ from the Hugging Face bf16 forward by rounding only (fp32 accumulation; see
+benchmarks: min cosine vs the fp32 reference >= 0.999).
 """
 
 from __future__ import annotations
@@ -41,7 +49,6 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from handler.packing import PackedTensors, plan_layout, to_device
 from handler.settings import Precision, Settings
 
 log = logging.getLogger(__name__)
@@ -89,12 +96,6 @@ def stream_bucket(tokens: int) -> int:
     return small if small is not None else -(-tokens // STREAM_STEP) * STREAM_STEP
 
 
-# Micro-batches of at least this many rows run packed (handler/packing.py); None: never. Off: packing from 16
-# rows measured 17% slower in bulk and 18% slower on 64-pair batches than the padded forward (large, one H100;
-# benchmarks/NOTES.md): its ~300 eager launches and gathers cost more than the padding they save. Benchmarks set it.
-PACK_MIN_ROWS: int | None = None
-
-
 # Relative error allowed between the fast and the Hugging Face forward on the probe batch: bf16 rounding through
 # 24 layers stays near 1e-2; a wrong mask, scale or weight layout gives errors of order 1.
 _SELF_CHECK_TOLERANCE = 0.1
@@ -118,16 +119,6 @@ def accelerate(model: torch.nn.Module, device: torch.device, precision: Precisio
     if error > _SELF_CHECK_TOLERANCE:
         log.warning("fast T5 forward not used: it differs from the Hugging Face forward by %.3g (relative)", error)
         return None
-    if fast.pack_min_rows is not None:
-        try:
-            packed_error = fast.packed_check(model)
-        except Exception as exc:  # packing is a speed-up: without it the padded forward serves every batch
-            log.warning("packed micro-batches not used: they failed on a probe batch (%r)", exc, exc_info=True)
-            packed_error = float("inf")
-        if packed_error > _SELF_CHECK_TOLERANCE:
-            log.warning("packed micro-batches not used: they differ from the Hugging Face forward by %.3g",
-                        packed_error)
-            fast.pack_min_rows = None
     return fast
 
 
@@ -205,12 +196,6 @@ class FastT5Encoder:
         self.graph_seconds = 0.0
         # None: let SDPA choose its attention kernel; else the kernels it may use (benchmarks compare them).
         self.attention_backends: Sequence[SDPBackend] | None = None
-        # Micro-batches of at least this many rows run packed (handler/packing.py); None: never.
-        self.pack_min_rows: int | None = PACK_MIN_ROWS
-        # Packed micro-batches run eagerly in ever new shapes: cuDNN attention would build and compile an
-        # execution plan for each new shape (benchmarks/NOTES.md), the memory-efficient kernel needs none.
-        self.packed_attention_backends: Sequence[SDPBackend] | None = (
-            SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
         # The packed token stream (``enable_stream``): None until enabled and checked.
         self.stream_max_rows = 0
         self.stream_max_len = 0
@@ -244,24 +229,6 @@ class FastT5Encoder:
             reference = model(input_ids=input_ids, attention_mask=attention).last_hidden_state.float()
             got = self.forward(input_ids, attention).float()
         real = attention.bool()
-        if not torch.isfinite(got[real]).all():
-            return float("inf")
-        return float((got[real] - reference[real]).norm() / reference[real].norm())
-
-    def packed_check(self, model: torch.nn.Module) -> float:
-        """Relative difference between the packed forward and Hugging Face's on rows of three lengths, each in
-        an attention group of its own (real positions only)."""
-        generator = torch.Generator().manual_seed(2)
-        lengths = [40, 25, 7]
-        input_ids = torch.randint(2, self.embedding.shape[0], (3, 40), generator=generator)
-        attention = (torch.arange(40)[None, :] < torch.tensor(lengths)[:, None]).long()
-        stream = np.concatenate([input_ids[row, :n].numpy() for row, n in enumerate(lengths)])
-        layout = plan_layout(lengths, shrink=0.9, min_rows=1)
-        with torch.inference_mode():
-            reference = model(input_ids=input_ids.to(self.device),
-                              attention_mask=attention.to(self.device)).last_hidden_state.float()
-            got = self.run_packed(stream, layout, 40).float()
-        real = attention.bool().to(self.device)
         if not torch.isfinite(got[real]).all():
             return float("inf")
         return float((got[real] - reference[real]).norm() / reference[real].norm())
@@ -314,43 +281,6 @@ class FastT5Encoder:
         keep = attention_mask[:, None, None, :].bool()
         torch.where(keep, position.to(self.dtype), self._mask_min, out=bias)
         return bias
-
-    def packs(self, rows: int) -> bool:
-        """Whether a micro-batch of ``rows`` rows runs packed."""
-        return self.pack_min_rows is not None and rows >= self.pack_min_rows
-
-    def forward_packed(self, stream: torch.Tensor, packed: PackedTensors, rows: int, longest: int) -> torch.Tensor:
-        """The encoder on a packed token stream (T,) -> (rows, longest, d_model), padding slots zero.
-
-        Same layers as ``forward``: only the attention runs in padded groups (handler/packing.py).
-        """
-        tokens = packed.tokens
-        inner = self.num_heads * self.d_kv
-        x = F.embedding(stream, self.embedding)
-        biases = [self._attention_bias(mask, length)
-                  for (_, _, length), mask in zip(packed.groups, packed.group_masks, strict=True)]
-        # Row ``tokens`` stays zero: what the padding slots of the attention groups gather.
-        qkv = torch.empty(tokens + 1, 3 * inner, dtype=self.dtype, device=self.device)
-        qkv[tokens].zero_()
-        attended = torch.empty(packed.gather.numel(), inner, dtype=self.dtype, device=self.device)
-        backends = contextlib.nullcontext() if self.packed_attention_backends is None else \
-            sdpa_kernel(list(self.packed_attention_backends))
-        with backends:
-            for layer in self.layers:
-                _packed_layer(x, qkv, attended, biases, packed, layer, self.num_heads, self.d_kv, self.eps,
-                              self._relu_bias)
-        x = F.rms_norm(x, (self.d_model,), self.final_ln, self.eps)
-        padded = torch.cat([x, x.new_zeros(1, self.d_model)]).index_select(0, packed.output)
-        return padded.view(rows, longest, self.d_model)
-
-    def run_packed(self, stream: np.ndarray, layout: Any, longest: int) -> torch.Tensor:
-        """``forward_packed`` from host arrays: the stream (T,) and its ``PackedLayout``."""
-        packed = to_device(layout, self.device, longest)
-        host = torch.from_numpy(stream)
-        if self.device.type == "cuda":
-            host = host.pin_memory()
-        return self.forward_packed(host.to(self.device, non_blocking=self.device.type == "cuda"), packed,
-                                   len(layout.lengths), longest)
 
     # ---- the packed token stream (varlen attention, handler/varlen.py) -------------------------
 
@@ -514,10 +444,8 @@ class FastT5Encoder:
         return np.where(graphed, bucket_rows * bucket_length, longest * rows)
 
     def graph_shapes(self, max_length: int) -> list[tuple[int, int]]:
-        """Every (rows, length) bucket a padded micro-batch of at most ``max_length`` tokens a row can use
-        (micro-batches that run packed need none)."""
-        most_rows = self.graph_max_rows if self.pack_min_rows is None else self.pack_min_rows - 1
-        row_buckets = {_bucket_rows(rows) for rows in range(1, most_rows + 1)}
+        """Every (rows, length) bucket a padded micro-batch of at most ``max_length`` tokens a row can use."""
+        row_buckets = {_bucket_rows(rows) for rows in range(1, self.graph_max_rows + 1)}
         shapes = {self._graph_key(rows, length) for rows in row_buckets if rows is not None
                   for length in range(1, max_length + 1)}
         return sorted(key for key in shapes if key is not None)
@@ -598,24 +526,6 @@ class FastT5Encoder:
         self._graphs[key] = entry
         self.graph_seconds += time.perf_counter() - started
         return entry
-
-
-def _packed_layer(x: torch.Tensor, qkv: torch.Tensor, attended: torch.Tensor, biases: list[torch.Tensor],
-                  packed: PackedTensors, w: _Layer, heads: int, d_kv: int, eps: float,
-                  relu_bias: torch.Tensor) -> None:
-    """One T5 encoder block on a packed stream ``x`` (tokens, d_model), in place; attention per group."""
-    tokens, d_model = x.shape
-    h = F.rms_norm(x, (d_model,), w.ln1, eps)
-    torch.mm(h, w.qkv_t, out=qkv[:tokens])
-    grouped = qkv.index_select(0, packed.gather)
-    for (first, rows, length), bias in zip(packed.groups, biases, strict=True):
-        slots = slice(first, first + rows * length)
-        q, k, v = (t.transpose(1, 2) for t in grouped[slots].view(rows, length, 3, heads, d_kv).unbind(2))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
-        attended[slots].view(rows, length, heads, d_kv).copy_(out.transpose(1, 2))
-    x.addmm_(attended.index_select(0, packed.scatter), w.o_t)
-    h = F.rms_norm(x, (d_model,), w.ln2, eps)
-    x.addmm_(torch._addmm_activation(relu_bias, h, w.wi_t), w.wo_t)
 
 
 def _layer(x: torch.Tensor, bias: torch.Tensor, w: _Layer, rows: int, length: int, heads: int, d_kv: int,

@@ -63,3 +63,22 @@ def plan_micro_batches(lengths: Sequence[int], max_tokens: int, max_rows: int,
         end = start
     batches.reverse()
     return batches
+
+
+def packed_plan(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[list[int]]:
+    """Micro-batches for packed token streams: longest first, each up to ``max_tokens`` REAL tokens and
+    ``max_rows`` rows. A stream has no padding to price, so no search: consecutive rows in length order fill
+    each micro-batch. A row longer than ``max_tokens`` gets a micro-batch of its own."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    tokens = 0
+    for index in order:
+        if current and (tokens + lengths[index] > max_tokens or len(current) >= max_rows):
+            batches.append(current)
+            current, tokens = [], 0
+        current.append(index)
+        tokens += lengths[index]
+    if current:
+        batches.append(current)
+    return batches

@@ -22,12 +22,11 @@ import numpy as np
 import torch
 
 from handler.acceleration import accelerate
-from handler.batching import padded_slots, plan_micro_batches
+from handler.batching import packed_plan, padded_slots, plan_micro_batches
 from handler.chunks import FIRST_CHUNK_PAIRS, chunk_offsets
 from handler.errors import InsufficientMemory, NothingToEmbed
 from handler.lookahead import ahead
 from handler.model_directory import ModelDirectory, load_dense_layers, read_model_directory
-from handler.packing import packed_plan, plan_layout
 from handler.settings import InstructionMode, Precision, Settings, SettingsError
 from handler.tokenization import BoundedTokenizer
 
@@ -261,7 +260,7 @@ class InstructorEncoder:
             return PendingEmbeddings(items, [], None, self.dimension, stats, started)
         lengths = [len(item.input_ids) for item in items]
         fast = self._accelerated
-        if fast is not None and (fast.streams or fast.packs(len(items))):  # no padding to price: fill in order
+        if fast is not None and fast.streams:  # no padding to price: fill in order
             plan = packed_plan(lengths, self.settings.max_batch_tokens, self.settings.max_batch_rows)
         else:
             # With CUDA graphs a micro-batch runs in its bucket's shape: the plan prices that padding too.
@@ -343,11 +342,7 @@ class InstructorEncoder:
         non_blocking = self.device.type == "cuda"
         attention_t = _to_device(attention, self.device, non_blocking)
         pooling_t = _to_device(pooling, self.device, non_blocking)
-        if self._accelerated is not None and self._accelerated.packs(len(batch)):  # handler/packing.py
-            stream = np.concatenate([np.asarray(item.input_ids, dtype=np.int64) for item in batch])
-            layout = plan_layout([len(item.input_ids) for item in batch])
-            hidden = self._accelerated.run_packed(stream, layout, length)
-        elif self._accelerated is not None:
+        if self._accelerated is not None:
             hidden = self._accelerated(_to_device(input_ids, self.device, non_blocking), attention_t)
         else:
             input_ids_t = _to_device(input_ids, self.device, non_blocking)

@@ -14,7 +14,6 @@ from transformers import T5EncoderModel
 from handler.acceleration import FastT5Encoder, accelerate, unsupported_reason
 from handler.chunks import chunk_offsets
 from handler.encoder import InstructorEncoder
-from handler.packing import packed_plan, plan_layout
 from handler.settings import Precision, Settings
 
 CPU = torch.device("cpu")
@@ -64,55 +63,6 @@ def test_the_encoder_gives_the_same_vectors_with_the_fast_forward(tiny_models, r
     fast = InstructorEncoder(tiny_models["tiny-instructor-relu"], PADDED)
     assert fast._accelerated is not None and not fast._accelerated.streams
     assert np.abs(fast.encode(pairs).vectors - plain.encode(pairs).vectors).max() <= 1e-5
-
-
-def test_packed_micro_batches_equal_the_hugging_face_forward(relu_model):
-    """Rows of many lengths in one token stream, attention in several groups: same states as padded HF."""
-    fast = FastT5Encoder(relu_model, NO_GRAPHS)
-    assert fast.packed_check(relu_model) < 1e-5
-    generator = torch.Generator().manual_seed(7)
-    lengths = [3, 37, 1, 20, 36, 9, 12, 37, 5, 2]
-    longest = max(lengths)
-    input_ids = torch.randint(3, 1500, (len(lengths), longest), generator=generator)
-    attention = (torch.arange(longest)[None, :] < torch.tensor(lengths)[:, None]).long()
-    layout = plan_layout(lengths, shrink=0.7, min_rows=2)
-    assert len(layout.group_rows) >= 3  # the attention really runs in several groups
-    stream = np.concatenate([input_ids[row, :n].numpy() for row, n in enumerate(lengths)])
-    with torch.inference_mode():
-        want = relu_model(input_ids=input_ids, attention_mask=attention).last_hidden_state
-        got = fast.run_packed(stream, layout, longest)
-    real = attention.bool()
-    assert torch.allclose(got[real], want[real], atol=1e-5, rtol=1e-4)
-    assert not got[~real].any()  # padding slots of the output are zero, never another row's state
-
-
-def test_packed_plan_fills_micro_batches_with_real_tokens_longest_first():
-    lengths = [5, 50, 20, 50, 7, 600, 30]
-    plan = packed_plan(lengths, max_tokens=100, max_rows=3)
-    assert sorted(i for batch in plan for i in batch) == list(range(len(lengths)))
-    assert plan[0] == [5]  # longer than max_tokens: alone
-    assert all(sum(lengths[i] for i in batch) <= 100 and len(batch) <= 3 for batch in plan[1:])
-    assert [lengths[i] for batch in plan for i in batch] == sorted(lengths, reverse=True)
-
-
-def test_the_encoder_gives_the_same_vectors_with_packed_micro_batches(tiny_models, reference_fixture,
-                                                                      monkeypatch):
-    from handler import encoder as encoder_module
-
-    expected = reference_fixture["models"]["tiny-instructor-relu"]["encode"]["pairs"]
-    pairs = [(c["instruction"], c["text"]) for c in reference_fixture["cases"]["pairs"]
-             if expected[c["id"]]["pooled_tokens"] > 0]
-
-    def packing(model, device, precision, settings):
-        fast = FastT5Encoder(model, NO_GRAPHS)
-        fast.pack_min_rows = 2
-        return fast
-
-    plain = InstructorEncoder(tiny_models["tiny-instructor-relu"], Settings(warmup=False))
-    monkeypatch.setattr(encoder_module, "accelerate", packing)
-    packed = InstructorEncoder(tiny_models["tiny-instructor-relu"], PADDED)
-    assert packed._accelerated.packs(len(pairs))
-    assert np.abs(packed.encode(pairs).vectors - plain.encode(pairs).vectors).max() <= 1e-5
 
 
 def test_encode_chunks_start_small_and_double():

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from handler.batching import plan_micro_batches
+from handler.batching import packed_plan, plan_micro_batches
 
 
 def padded_cost(lengths, batches, overhead=0):
@@ -95,3 +95,12 @@ def test_the_plan_costs_the_least_a_partition_of_sorted_items_can(seed):
             batches = plan_micro_batches(lengths, 4096, 32, overhead, slots)
             cost = sum(overhead + float(slots(max(lengths[i] for i in b), len(b))) for b in batches)
             assert cost == pytest.approx(reference_plan_cost(lengths, 4096, 32, overhead, slots))
+
+
+def test_packed_plan_fills_micro_batches_with_real_tokens_longest_first():
+    lengths = [5, 50, 20, 50, 7, 600, 30]
+    plan = packed_plan(lengths, max_tokens=100, max_rows=3)
+    assert sorted(i for batch in plan for i in batch) == list(range(len(lengths)))
+    assert plan[0] == [5]  # longer than max_tokens: alone
+    assert all(sum(lengths[i] for i in batch) <= 100 and len(batch) <= 3 for batch in plan[1:])
+    assert [lengths[i] for batch in plan for i in batch] == sorted(lengths, reverse=True)
