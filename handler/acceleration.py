@@ -360,13 +360,16 @@ class FastT5Encoder:
 
         tokens = input_ids.shape[0]
         inner = self.num_heads * self.d_kv
+        # A stream of T tokens holds at most T sequences of at most T tokens: the attention grid needs no more
+        # (a single pair's 32-token stream launches 1 x 32 x heads programs, not 8 x 128 x heads).
+        rows, longest = min(self.stream_max_rows, tokens), min(self.stream_max_len, tokens)
         x = F.embedding(input_ids, self.embedding)
         attended = torch.zeros(tokens, inner, dtype=self.dtype, device=self.device)
         for w in self.layers:
             h = F.rms_norm(x, (self.d_model,), w.ln1, self.eps)
             qkv = torch.mm(h, w.qkv_t)
-            varlen_attention(qkv, cu_seqlens, self._bias_table, attended, self.num_heads, self.d_kv,
-                             self.stream_max_rows, self.stream_max_len)
+            varlen_attention(qkv, cu_seqlens, self._bias_table, attended, self.num_heads, self.d_kv, rows,
+                             self.stream_max_len, longest)
             x.addmm_(attended, w.o_t)
             h = F.rms_norm(x, (self.d_model,), w.ln2, self.eps)
             x.addmm_(torch._addmm_activation(self._relu_bias, h, w.wi_t), w.wo_t)

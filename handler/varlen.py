@@ -69,14 +69,15 @@ def _attention_kernel(qkv, out, cu_seqlens, bias_table, stride_token, stride_out
 
 
 def varlen_attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, bias_table: torch.Tensor, out: torch.Tensor,
-                     heads: int, d_kv: int, max_rows: int, max_len: int) -> None:
+                     heads: int, d_kv: int, max_rows: int, max_len: int, longest: int | None = None) -> None:
     """Attention of every sequence of a packed stream, written into ``out`` (tokens, heads * d_kv).
 
     ``qkv`` (tokens, 3 * heads * d_kv): q of all heads, then k, then v, per token (the fused projection's
     layout); ``cu_seqlens`` (max_rows + 1,) int32: sequence i is tokens [cu[i], cu[i + 1]); ``bias_table``
-    (heads, 2 * max_len - 1): the position bias of offset key - query at index offset + max_len - 1. Rows of
+    (heads, 2 * max_len - 1): the position bias of offset key - query at index offset + max_len - 1;
+    ``longest``: no sequence is longer (default ``max_len``; the grid covers that many query rows). Rows of
     ``out`` outside every sequence are left as they are.
     """
-    grid = (triton.cdiv(max_len, BLOCK_M), max_rows, heads)
+    grid = (triton.cdiv(min(longest or max_len, max_len), BLOCK_M), max_rows, heads)
     _attention_kernel[grid](qkv, out, cu_seqlens, bias_table, qkv.stride(0), out.stride(0), bias_table.stride(0),
                             max_len, HEADS=heads, D=d_kv, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)

@@ -102,3 +102,18 @@ def test_the_encoder_gives_the_same_vectors_with_packed_streams(tiny_models, ref
 def test_stream_lengths_round_up_to_few_graphs():
     assert [stream_bucket(t) for t in (1, 32, 33, 200, 257, 16384)] == [32, 32, 64, 256, 512, 16384]
     assert len({stream_bucket(t) for t in range(1, 16385)}) == 4 + 63
+
+
+@pytest.mark.parametrize("lengths", [[1, 1, 1, 1, 1], [5], [3, 1, 1]])
+def test_a_short_stream_covers_all_its_sequences_with_a_grid_sized_to_it(relu_model, lengths):
+    """The attention grid shrinks to the stream (at most T sequences of at most T tokens): none is missed."""
+    fast = FastT5Encoder(relu_model, Settings(cuda_graphs=False))
+    assert fast.enable_stream(relu_model, max_len=48, max_rows=64, max_tokens=256)
+    generator = torch.Generator().manual_seed(sum(lengths))
+    input_ids = torch.randint(3, 1500, (len(lengths), max(lengths)), generator=generator)
+    attention = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
+    stream = np.concatenate([input_ids[row, :n].numpy() for row, n in enumerate(lengths)])
+    with torch.inference_mode():
+        want = relu_model(input_ids=input_ids, attention_mask=attention).last_hidden_state[attention.bool()]
+        got = fast.run_stream(stream, np.asarray(lengths))[:len(stream)]
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
