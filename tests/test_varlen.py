@@ -117,3 +117,10 @@ def test_a_short_stream_covers_all_its_sequences_with_a_grid_sized_to_it(relu_mo
         want = relu_model(input_ids=input_ids, attention_mask=attention).last_hidden_state[attention.bool()]
         got = fast.run_stream(stream, np.asarray(lengths))[:len(stream)]
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_a_model_with_a_short_max_seq_length_gets_packed_streams_too(relu_model):
+    """The load-time probe fits the model's limit: a 16-token max_seq_length still checks and streams."""
+    fast = FastT5Encoder(relu_model, Settings(cuda_graphs=False))
+    assert fast.enable_stream(relu_model, max_len=16, max_rows=8, max_tokens=64)
+    assert fast.stream_check(relu_model) < 1e-5
