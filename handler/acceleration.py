@@ -323,8 +323,9 @@ class FastT5Encoder:
     def stream_check(self, model: torch.nn.Module) -> float:
         """Relative difference between the packed stream and Hugging Face's padded forward (real tokens)."""
         generator = torch.Generator().manual_seed(3)
-        lengths = [min(n, self.stream_max_len) for n in (40, 25, 7)]  # a model may allow fewer tokens
-        input_ids = torch.randint(2, self.embedding.shape[0], (3, lengths[0]), generator=generator)
+        # Within the limits a deployment may set lower: tokens a row, rows a micro-batch.
+        lengths = [min(n, self.stream_max_len) for n in (40, 25, 7)][:self.stream_max_rows]
+        input_ids = torch.randint(2, self.embedding.shape[0], (len(lengths), lengths[0]), generator=generator)
         attention = (torch.arange(lengths[0])[None, :] < torch.tensor(lengths)[:, None]).long()
         stream = np.concatenate([input_ids[row, :n].numpy() for row, n in enumerate(lengths)])
         with torch.inference_mode():
@@ -499,7 +500,7 @@ class FastT5Encoder:
             return float("inf")
         error = float((got[real] - expected[real]).norm() / expected[real].norm())
         if self.streams:  # a graph replay of a packed stream against the same stream run eagerly
-            lengths = np.minimum([37, 20, 5], self.stream_max_len)
+            lengths = np.minimum([37, 20, 5], self.stream_max_len)[:self.stream_max_rows]
             stream = np.concatenate([input_ids[row, :n].cpu().numpy() for row, n in enumerate(lengths)])
             expected = self.forward_stream(*self._stream_inputs(stream, lengths, len(stream))).float()
             got = self.run_stream(stream, lengths)[:len(stream)].float()

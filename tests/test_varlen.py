@@ -119,8 +119,10 @@ def test_a_short_stream_covers_all_its_sequences_with_a_grid_sized_to_it(relu_mo
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
-def test_a_model_with_a_short_max_seq_length_gets_packed_streams_too(relu_model):
-    """The load-time probe fits the model's limit: a 16-token max_seq_length still checks and streams."""
+def test_the_load_time_probe_fits_the_limits_a_deployment_sets(relu_model):
+    """A 16-token max_seq_length, or one row a micro-batch, still checks and streams."""
     fast = FastT5Encoder(relu_model, Settings(cuda_graphs=False))
     assert fast.enable_stream(relu_model, max_len=16, max_rows=8, max_tokens=64)
     assert fast.stream_check(relu_model) < 1e-5
+    one_row = FastT5Encoder(relu_model, Settings(cuda_graphs=False))  # max_batch_rows 1: one sequence a stream
+    assert one_row.enable_stream(relu_model, max_len=48, max_rows=1, max_tokens=64)
