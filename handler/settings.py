@@ -105,8 +105,8 @@ class Settings:
     cuda_graphs: bool = True
     # CUDA + bfloat16, mean pooling: each micro-batch runs as ONE packed token stream (no padding rows), its
     # attention by a varlen kernel (handler/varlen.py, Triton), in a CUDA graph per stream length (67, up to
-    # max_batch_tokens). Measured on an H100 against padded micro-batches: +14% in bulk, +48% on 64-pair
-    # dynamic batches (benchmarks/NOTES.md, round 8). Where Triton or its kernel is unavailable, or differs from
+    # max_batch_tokens). Measured on an H100 against padded micro-batches: +12-14% in bulk, +45-48% on
+    # 64-pair dynamic batches (benchmarks/NOTES.md, round 8). Where Triton or its kernel is unavailable, or differs from
     # the Hugging Face forward on a probe at load, the padded micro-batches (and the graph_* settings) serve.
     packed_stream: bool = True
     graph_max_rows: int = 128
