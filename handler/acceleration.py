@@ -41,7 +41,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -240,14 +240,9 @@ class FastT5Encoder:
         key = self._graph_key(rows, length)
         if key is None:
             return self.forward(input_ids, attention_mask)
-        entry = self._graphs.get(key)
+        entry = self._graph_for(self._graphs, key, self._capture)
         if entry is None:
-            try:
-                entry = self._capture(key)
-            except Exception as exc:  # a capture failure costs speed, never the request
-                log.warning("CUDA graph capture of %s failed (%r); running without graphs", key, exc)
-                self.use_graphs = False
-                return self.forward(input_ids, attention_mask)
+            return self.forward(input_ids, attention_mask)
         entry.input_ids.zero_()
         entry.attention.zero_()
         entry.input_ids[:rows, :length].copy_(input_ids)
@@ -385,14 +380,9 @@ class FastT5Encoder:
         if not self.use_graphs or self.device.type != "cuda" or tokens > self.stream_max_tokens:
             return self.forward_stream(*self._stream_inputs(stream, lengths, tokens))
         size = stream_bucket(tokens)
-        entry = self._stream_graphs.get(size)
+        entry = self._graph_for(self._stream_graphs, size, self._capture_stream)
         if entry is None:
-            try:
-                entry = self._capture_stream(size)
-            except Exception as exc:  # a capture failure costs speed, never the request
-                log.warning("CUDA graph capture of a %d-token stream failed (%r); running without graphs", size, exc)
-                self.use_graphs = False
-                return self.forward_stream(*self._stream_inputs(stream, lengths, tokens))
+            return self.forward_stream(*self._stream_inputs(stream, lengths, tokens))
         input_ids, cu_seqlens = self._stream_inputs(stream, lengths, size)
         entry.input_ids.copy_(input_ids)
         entry.cu_seqlens.copy_(cu_seqlens)
@@ -404,23 +394,12 @@ class FastT5Encoder:
         return sorted({stream_bucket(t) for t in range(1, self.stream_max_tokens + 1)})
 
     def _capture_stream(self, size: int) -> _StreamGraph:
-        started = time.perf_counter()
         input_ids = torch.zeros(size, dtype=torch.long, device=self.device)
         cu_seqlens = torch.full((self.stream_max_rows + 1,), size, dtype=torch.int32, device=self.device)
         cu_seqlens[0] = 0
-        if self._graph_pool is None:
-            self._graph_pool = torch.cuda.graph_pool_handle()
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            self.forward_stream(input_ids, cu_seqlens)  # compiles the kernel, warms cuBLAS, outside capture
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._graph_pool):
-            output = self.forward_stream(input_ids, cu_seqlens)
+        graph, output = self._record(lambda: self.forward_stream(input_ids, cu_seqlens))
         entry = _StreamGraph(graph, input_ids, cu_seqlens, output)
         self._stream_graphs[size] = entry
-        self.graph_seconds += time.perf_counter() - started
         return entry
 
     # ---- CUDA graphs --------------------------------------------------------------------------
@@ -460,21 +439,14 @@ class FastT5Encoder:
             return 0.0
         started = time.perf_counter()
         with torch.inference_mode():
-            for size in self.stream_sizes() if self.streams else []:
-                if size not in self._stream_graphs and self.use_graphs:
-                    try:
-                        self._capture_stream(size)
-                    except Exception as exc:
-                        log.warning("CUDA graph capture of a %d-token stream failed (%r); running without graphs",
-                                    size, exc)
-                        self.use_graphs = False
-            for key in [] if self.streams else self.graph_shapes(max_length):
-                if key not in self._graphs and self.use_graphs:
-                    try:
-                        self._capture(key)
-                    except Exception as exc:
-                        log.warning("CUDA graph capture of %s failed (%r); running without graphs", key, exc)
-                        self.use_graphs = False
+            if self.streams:  # every micro-batch runs as a stream: no padded graph is needed
+                for size in self.stream_sizes():
+                    if self.use_graphs:
+                        self._graph_for(self._stream_graphs, size, self._capture_stream)
+            else:
+                for key in self.graph_shapes(max_length):
+                    if self.use_graphs:
+                        self._graph_for(self._graphs, key, self._capture)
             error = self._graph_check()
             if error > _SELF_CHECK_TOLERANCE:
                 log.warning("CUDA graphs differ from the plain forward by %.3g (relative); running without "
@@ -510,26 +482,44 @@ class FastT5Encoder:
         return error
 
     def _capture(self, key: tuple[int, int]) -> _Graph:
-        started = time.perf_counter()
         rows, length = key
         input_ids = torch.zeros(rows, length, dtype=torch.long, device=self.device)
         attention = torch.zeros(rows, length, dtype=torch.long, device=self.device)
         attention[:, 0] = 1
+        graph, output = self._record(lambda: self.forward(input_ids, attention))
+        entry = _Graph(graph, input_ids, attention, output)
+        self._graphs[key] = entry
+        return entry
+
+    def _graph_for(self, graphs: dict[Any, Any], key: Any, capture: Callable[[Any], Any]) -> Any:
+        """The graph of ``key`` in ``graphs``, captured now if it is not there yet; None where the capture
+        fails, which turns graphs off (logged): a capture failure costs speed, never the request."""
+        entry = graphs.get(key)
+        if entry is None:
+            try:
+                entry = capture(key)
+            except Exception as exc:
+                log.warning("CUDA graph capture of %s failed (%r); running without graphs", key, exc)
+                self.use_graphs = False
+        return entry
+
+    def _record(self, run: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """``run`` captured into a CUDA graph (in the pool all graphs share) and the graph's static output."""
+        started = time.perf_counter()
         if self._graph_pool is None:
             self._graph_pool = torch.cuda.graph_pool_handle()
-        # Warm up on a side stream first (lazy cuBLAS / kernel initialisation must not happen in capture).
+        # Run once on a side stream first: lazy cuBLAS / kernel initialisation and Triton's compiles must not
+        # happen inside the capture.
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
-            self.forward(input_ids, attention)
+            run()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._graph_pool):
-            output = self.forward(input_ids, attention)
-        entry = _Graph(graph, input_ids, attention, output)
-        self._graphs[key] = entry
+            output = run()
         self.graph_seconds += time.perf_counter() - started
-        return entry
+        return graph, output
 
 
 def _layer(x: torch.Tensor, bias: torch.Tensor, w: _Layer, rows: int, length: int, heads: int, d_kv: int,

@@ -165,6 +165,11 @@ class InstructorEncoder:
         self._accelerated = None
 
     @property
+    def streams(self) -> bool:
+        """Whether micro-batches run as packed token streams (handler/acceleration.py)."""
+        return self._accelerated is not None and self._accelerated.streams
+
+    @property
     def overhead_tokens(self) -> int:
         """The planner's price of one more micro-batch, in token slots."""
         if self.settings.micro_batch_overhead_tokens is not None:
@@ -260,7 +265,7 @@ class InstructorEncoder:
             return PendingEmbeddings(items, [], None, self.dimension, stats, started)
         lengths = [len(item.input_ids) for item in items]
         fast = self._accelerated
-        if fast is not None and fast.streams:  # no padding to price: fill in order
+        if self.streams:  # no padding to price: fill in order
             plan = packed_plan(lengths, self.settings.max_batch_tokens, self.settings.max_batch_rows)
         else:
             # With CUDA graphs a micro-batch runs in its bucket's shape: the plan prices that padding too.
@@ -297,16 +302,12 @@ class InstructorEncoder:
         tokens = sum(len(item.input_ids) for item in batch)
         stats.micro_batches += 1
         stats.tokens += tokens
-        streamed = self._accelerated is not None and self._accelerated.streams
-        stats.padded_tokens += tokens if streamed else length * len(batch)
+        stats.padded_tokens += tokens if self.streams else length * len(batch)
         return [(rows, vectors)]
 
     def _forward(self, batch: list[TokenizedPair]) -> torch.Tensor:
         """Encoder + pooling + Dense + normalize for one micro-batch -> float32 (rows, dim)."""
-        if self._accelerated is not None and self._accelerated.streams:
-            pooled = self._pooled_stream(batch)
-        else:
-            pooled = self._pooled_padded(batch)
+        pooled = self._pooled_stream(batch) if self.streams else self._pooled_padded(batch)
         pooled = self._dense(pooled)
         if self.files.normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
