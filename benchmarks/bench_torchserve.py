@@ -129,7 +129,8 @@ def run_server(gpus: str | None, args: argparse.Namespace, model_dir: Path, targ
     names = {target: build(target, model_dir, store, args, settings) for target in targets}
     visible = torchserve_ctl.visible_gpus({**os.environ, **env})
     measured: dict[tuple[str, str, int], list[LoadResult]] = {}
-    with torchserve_ctl.running(workdir, overrides=overrides, tmpdir=workdir / "tmp", env=env) as server:
+    with torchserve_ctl.running(workdir, overrides=overrides, tmpdir=workdir / "tmp", env=env,
+                                use_mps=args.mps) as server:
         print(f"TorchServe up in {server.started_s:.1f} s (GPUs visible: {gpus or 'all'})", flush=True)
         for target in targets:
             specs = ["1"] if target == "baseline" else worker_specs
@@ -178,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", help="GPUs TorchServe may use, e.g. 0 or 0,1 (default: all visible)")
     parser.add_argument("--compare-gpus", action="store_true",
                         help="run everything with GPU 0 only, then with all GPUs; record the ratio")
+    parser.add_argument("--mps", action="store_true",
+                        help="run the workers under CUDA MPS, as scripts/serve.sh --mps does")
     parser.add_argument("--processes", type=int, default=8, help="load generator processes (default: 8)")
     parser.add_argument("--key-suffix", default="", help="appended to every results.json key")
     parser.add_argument("--results-dir", type=Path, default=results.BENCH_DIR)
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = [f"{args.shape} (random weights, real shape); archive batchSize {args.batch_size}, maxBatchDelay "
              f"{args.max_batch_delay} ms, responseTimeout {args.response_timeout} s; handler settings "
              f"{settings or 'defaults'}; requests' encoding_format {args.encoding}; TorchServe with the "
-             f"repository's config.properties; load: {args.processes} client processes, {args.warmup:.0f} s "
+             f"repository's config.properties{'; workers under CUDA MPS' if args.mps else ''}; load: {args.processes} client processes, {args.warmup:.0f} s "
              f"warm-up per load; plain keys = workers {recommended}."]
     if args.compare_gpus and "_1gpu" in by_run:
         one_gpu = {(target, spec): (workers, rs) for (target, spec, workers), rs in by_run["_1gpu"].items()}
