@@ -100,7 +100,8 @@ def served_by_torchserve(stack: ExitStack, args: argparse.Namespace, workdir: Pa
     name = "bench-bulk"
     build_archive(model_dir, name, store, "no-archive", spec)
     overrides = {**torchserve_ctl.port_overrides(torchserve_ctl.free_ports(5)), "model_store": str(store)}
-    server = stack.enter_context(torchserve_ctl.running(workdir, overrides=overrides, tmpdir=workdir / "tmp"))
+    server = stack.enter_context(torchserve_ctl.running(workdir, overrides=overrides, tmpdir=workdir / "tmp",
+                                                                     use_mps=args.mps))
     workers = torchserve_ctl.auto_workers(torchserve_ctl.visible_gpus(dict(os.environ))) \
         if args.workers == "auto" else int(args.workers)
     server.register(name, workers, timeout=1800)
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128, help="archive batchSize (default: 128)")
     parser.add_argument("--max-batch-delay", type=int, default=1, help="archive maxBatchDelay, ms (default: 1)")
     parser.add_argument("--response-timeout", type=int, default=120, help="archive responseTimeout, s (default: 120)")
+    parser.add_argument("--mps", action="store_true",
+                        help="run the workers under CUDA MPS when starting TorchServe (as scripts/serve.sh --mps)")
     parser.add_argument("--label", help="the model part of the keys (default: --shape, or the --model name)")
     parser.add_argument("--card", help="the card part of the keys (default: this machine's GPU 0, or cpu)")
     parser.add_argument("--output-format", choices=("npy", "parquet", "jsonl"), default="npy",
@@ -153,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{prefix}_peak_rss_mb": figures["peak_rss_mb"]}
     served = (f"served at {args.url}" if args.url else
               f"TorchServe started here: {args.model_dir or args.shape}, {args.workers_used} worker(s), batchSize "
-              f"{args.batch_size}, maxBatchDelay {args.max_batch_delay} ms")
+              f"{args.batch_size}, maxBatchDelay {args.max_batch_delay} ms"
+              + (", workers under CUDA MPS" if args.mps else ""))
     table = results.markdown_table(
         ["pairs", "wall s", "pairs/s (whole command)", "pairs/s (embedding)", "peak RSS MB", "tokens",
          "in flight at the end"],

@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     notes = [f"{args.shape} (random weights, real shape); archive batchSize {args.batch_size}, maxBatchDelay "
              f"{args.max_batch_delay} ms, responseTimeout {args.response_timeout} s; handler settings "
              f"{settings or 'defaults'}; requests' encoding_format {args.encoding}; TorchServe with the "
-             f"repository's config.properties{'; workers under CUDA MPS' if args.mps else ''}; load: {args.processes} client processes, {args.warmup:.0f} s "
+             f"repository's config.properties{'; workers under CUDA MPS' if args.mps else ''}; load: "
+             f"{args.processes} client processes, {args.warmup:.0f} s "
              f"warm-up per load; plain keys = workers {recommended}."]
     if args.compare_gpus and "_1gpu" in by_run:
         one_gpu = {(target, spec): (workers, rs) for (target, spec, workers), rs in by_run["_1gpu"].items()}
