@@ -25,6 +25,8 @@ PHASE
   tuning     large through TorchServe, auto workers: the recommended settings, then 512-pair stage chunks, then
              maxBatchDelay 2 ms (the earlier recommendation)
   bulk       instructor-embed with its defaults on 100,000 workload pairs against served large (bench_bulk)
+  mps        the recommended settings with the workers under CUDA MPS against without, served loads then the
+             bulk command (needs nvidia-cuda-mps-control on PATH)
   --quick    tiny workloads and the base shape, to check the script itself (on CPU too)
 
 TorchServe and Java: from the running Python environment if it has them, else unpacked from .tsbundle
@@ -38,7 +40,7 @@ phase="${1:-}"
 quick=0
 [[ "${2:-}" == "--quick" ]] && quick=1
 case "$phase" in
-  inprocess|xl|served|baseline|twogpu|auto|engine|engine-profile|tuning|bulk) ;;
+  inprocess|xl|served|baseline|twogpu|auto|engine|engine-profile|tuning|bulk|mps) ;;
   -h|--help) usage; exit 0 ;;
   *) usage >&2; exit 2 ;;
 esac
@@ -142,6 +144,21 @@ case "$phase" in
     ;;
   bulk)
     "$py" -m benchmarks.bench_bulk --shape "$shape" --pairs $((quick == 1 ? 300 : 100000)) || echo "bench_bulk FAILED"
+    ;;
+  mps)
+    command -v nvidia-cuda-mps-control >/dev/null || { echo "mps needs nvidia-cuda-mps-control on PATH" >&2; exit 1; }
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "$loads" \
+      --mps --key-suffix _mps || echo "bench_torchserve mps FAILED"
+    finish
+    "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "$loads" \
+      --key-suffix _nomps || echo "bench_torchserve no mps FAILED"
+    finish
+    bulk_pairs=$((quick == 1 ? 300 : 100000))
+    "$py" -m benchmarks.bench_bulk --shape "$shape" --pairs $bulk_pairs --mps --label "${shape}_mps" ||
+      echo "bench_bulk mps FAILED"
+    finish
+    "$py" -m benchmarks.bench_bulk --shape "$shape" --pairs $bulk_pairs --label "${shape}_nomps" ||
+      echo "bench_bulk no mps FAILED"
     ;;
   baseline)
     "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets baseline --baseline-loads "$base_loads" ||
