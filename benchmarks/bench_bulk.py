@@ -101,7 +101,7 @@ def served_by_torchserve(stack: ExitStack, args: argparse.Namespace, workdir: Pa
     build_archive(model_dir, name, store, "no-archive", spec)
     overrides = {**torchserve_ctl.port_overrides(torchserve_ctl.free_ports(5)), "model_store": str(store)}
     server = stack.enter_context(torchserve_ctl.running(workdir, overrides=overrides, tmpdir=workdir / "tmp",
-                                                                     use_mps=args.mps))
+                                                        use_mps=args.mps))
     workers = torchserve_ctl.auto_workers(torchserve_ctl.visible_gpus(dict(os.environ))) \
         if args.workers == "auto" else int(args.workers)
     server.register(name, workers, timeout=1800)

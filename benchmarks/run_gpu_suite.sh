@@ -67,10 +67,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 
 shape=large; pairs=4096; base_pairs=1024; reps=3; lat=200; hb=20
 loads="1x1:5,256x1:6,512x1:6,16x64:6"; engine_loads="256x1:6,16x64:6"; base_loads="1x1:4,64x1:5"; compare_loads="1x1:5,256x1:6,512x1:8,16x64:6"
-delay_loads="1x1:5,256x1:6"
+delay_loads="1x1:5,256x1:6"; bulk_pairs=100000
 if [[ $quick == 1 ]]; then
   shape=base; pairs=64; base_pairs=16; reps=1; lat=3; hb=2
   loads="1x1:2,4x8:2"; engine_loads="4x8:2"; base_loads="1x1:2"; compare_loads="4x1:2"; delay_loads="1x1:2"
+  bulk_pairs=300
 fi
 common=(--shape "$shape" --batch-size 128 --max-batch-delay 1 --warmup 2)
 
@@ -110,7 +111,7 @@ case "$phase" in
       --setting engine=worker --key-suffix _engine_worker || echo "bench_torchserve engine=worker FAILED"
     finish
     INSTRUCTOR_ENGINE=shared "$py" -m benchmarks.bench_bulk --shape "$shape" --label "${shape}_engine_shared" \
-      --pairs $((quick == 1 ? 300 : 100000)) || echo "bench_bulk FAILED"
+      --pairs $bulk_pairs || echo "bench_bulk FAILED"
     ;;
   engine-profile)
     command -v py-spy >/dev/null || { echo "engine-profile needs py-spy on PATH (pip install py-spy)" >&2; exit 1; }
@@ -143,7 +144,7 @@ case "$phase" in
       --loads "$delay_loads" --key-suffix _delay2 || echo "bench_torchserve delay2 FAILED"
     ;;
   bulk)
-    "$py" -m benchmarks.bench_bulk --shape "$shape" --pairs $((quick == 1 ? 300 : 100000)) || echo "bench_bulk FAILED"
+    "$py" -m benchmarks.bench_bulk --shape "$shape" --pairs $bulk_pairs || echo "bench_bulk FAILED"
     ;;
   mps)
     command -v nvidia-cuda-mps-control >/dev/null || { echo "mps needs nvidia-cuda-mps-control on PATH" >&2; exit 1; }
@@ -153,7 +154,6 @@ case "$phase" in
     "$py" -m benchmarks.bench_torchserve "${common[@]}" --targets core --workers auto --loads "$loads" \
       --key-suffix _nomps || echo "bench_torchserve no mps FAILED"
     finish
-    bulk_pairs=$((quick == 1 ? 300 : 100000))
     "$py" -m benchmarks.bench_bulk --shape "$shape" --pairs $bulk_pairs --mps --label "${shape}_mps" ||
       echo "bench_bulk mps FAILED"
     finish

